@@ -1,0 +1,216 @@
+"""Value objects shared by the core and the plugins (frozen, slotted attrs classes)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from nsbackup.errors import ValidationFailed
+from nsbackup.secret import REDACTED, Secret
+
+# C0 controls (CR, LF, NUL, TAB, ...) and DEL never reach a file: one rule for every string.
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@attrs.frozen
+class FieldError:
+    """One validation error, serialised as NS8's ``{"field","parameter","value","error"}``.
+
+    ``message`` is a human sentence added beside NS8's keys; ``value`` is already hidden when the
+    field is secret (``"***"``).
+    """
+
+    field: str
+    parameter: str
+    value: Any
+    error: str
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "parameter": self.parameter,
+            "value": self.value,
+            "error": self.error,
+            "message": self.message,
+        }
+
+    def describe(self) -> str:
+        where = self.parameter or self.field or "request"
+        return f"{where}: {self.message or self.error}"
+
+
+def field_error(
+    field: str, parameter: str, value: Any, error: str, message: str, *, secret: bool = False
+) -> FieldError:
+    """A FieldError whose value is hidden when ``secret`` (or when it is a :class:`Secret`)."""
+    if secret or isinstance(value, Secret):
+        value = REDACTED if value not in (None, "") else value
+    return FieldError(field, parameter, value, error, message)
+
+
+@attrs.frozen
+class Parameter:
+    """A provider parameter as declared to users (``nsbackup providers``) and validated.
+
+    ``pattern`` is a regular expression the whole value must match; ``obscured`` means the
+    value is stored rclone-obscured in the config (it is still a secret).
+    """
+
+    name: str
+    description: str
+    required: bool = False
+    secret: bool = False
+    pattern: str | None = None
+    max_length: int = 1024
+    obscured: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "required": self.required,
+            "secret": self.secret,
+            "pattern": self.pattern,
+            "max_length": self.max_length,
+            "obscured": self.obscured,
+        }
+
+
+_REQUEST_KEYS = {"provider", "name", "url", "password", "parameters", "id"}
+
+
+@attrs.frozen
+class DestinationRequest:
+    """NS8's add/alter-backup-repository input, checked for shape only.
+
+    ``None`` means "not given" (alter keeps the stored value); providers validate the rest.
+    """
+
+    provider: str
+    url: str | None = None
+    name: str | None = None
+    password: Secret | None = None
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    id: str | None = None
+
+    @classmethod
+    def from_payload(cls, payload: Any, *, alter: bool = False) -> DestinationRequest:
+        """Parse a JSON payload; raise :class:`ValidationFailed` naming every bad field."""
+        if not isinstance(payload, Mapping):
+            raise ValidationFailed(
+                [FieldError("", "", None, "type", "the request must be a JSON object")]
+            )
+        errors: list[FieldError] = []
+        for key in payload:
+            if key not in _REQUEST_KEYS:
+                errors.append(
+                    field_error(
+                        str(key), str(key), None, "additionalProperties",
+                        f"unknown field {key!r}; expected {sorted(_REQUEST_KEYS)}",
+                    )
+                )
+
+        def text(key: str, *, required: bool, secret: bool = False) -> str | None:
+            value = payload.get(key)
+            if value is None:
+                if required:
+                    errors.append(field_error(key, key, None, "required", f"{key} is required"))
+                return None
+            if not isinstance(value, str):
+                errors.append(
+                    field_error(key, key, value, "type", f"{key} must be a string", secret=secret)
+                )
+                return None
+            if CONTROL_CHARS.search(value):
+                errors.append(
+                    field_error(
+                        key, key, value, "pattern",
+                        f"{key} must not contain control characters (CR, LF, NUL, TAB, ...)",
+                        secret=secret,
+                    )
+                )
+                return None
+            return value
+
+        provider = text("provider", required=True)
+        if provider == "":
+            errors.append(field_error("provider", "provider", "", "minLength", "provider is empty"))
+        url = text("url", required=False)
+        name = text("name", required=False)
+        if name is not None and len(name) > 256:
+            errors.append(field_error("name", "name", name[:20] + "...", "maxLength",
+                                      "name is longer than 256 characters"))
+        password = text("password", required=False, secret=True)
+        ident = text("id", required=alter)
+        parameters = payload.get("parameters", {})
+        if parameters is None:
+            parameters = {}
+        if not isinstance(parameters, Mapping):
+            errors.append(
+                field_error("parameters", "parameters", None, "type", "parameters must be an object")
+            )
+            parameters = {}
+        if errors:
+            raise ValidationFailed(errors)
+        return cls(
+            provider=provider or "",
+            url=url,
+            name=name,
+            password=Secret(password) if password else None,
+            parameters=dict(parameters),
+            id=ident,
+        )
+
+
+@attrs.frozen
+class StoredDestination:
+    """A destination as stored: public fields plus its parsed rclone section (with secrets)."""
+
+    id: str
+    provider: str
+    url: str
+    name: str
+    basepath: str
+    section: Mapping[str, str]
+
+
+@attrs.frozen
+class ValidatedDestination:
+    """What a provider's ``validate`` returns: normalised values only the provider interprets.
+
+    ``parameters`` holds the effective parameters (secret ones as :class:`Secret`, kept from the
+    stored destination when the request left them empty); ``details`` holds values the provider
+    derived (bucket, endpoint, ...) for its other methods.
+    """
+
+    provider: str
+    url: str
+    parameters: Mapping[str, str]
+    details: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class PreparedDestination:
+    """A validated destination, ready to be probed, stored or rendered."""
+
+    id: str
+    provider: str
+    name: str
+    url: str
+    basepath: str
+    public_basepath: str
+    section: Mapping[str, str]
+    rclone_conf: str
+
+    def public(self) -> dict[str, str]:
+        """The public hash ``cluster/backup_repository/<id>`` (no secrets)."""
+        return {
+            "url": self.url,
+            "name": self.name,
+            "provider": self.provider,
+            "basepath": self.public_basepath,
+        }

@@ -1,0 +1,314 @@
+"""Plugin loading and the typed facade the rest of the core uses instead of raw pluggy calls.
+
+Entry points of the ``nsbackup`` group are loaded one at a time (built-in ones first): a plugin
+that fails to import, implements an unknown hook or registers something invalid is reported as
+``plugin NAME (DIST VERSION) failed to load: ...`` and left out, and everything else keeps
+working. ``NSBACKUP_DISABLE_PLUGINS=name,...`` skips plugins by entry-point or distribution name.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+import pluggy
+
+from nsbackup import hookspecs
+from nsbackup.errors import PluginError, ValidationFailed
+from nsbackup.model import FieldError, Parameter
+from nsbackup.provider import PROVIDER_NAME, Provider
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "nsbackup"
+DISABLE_ENV = "NSBACKUP_DISABLE_PLUGINS"
+BUILTIN_DIST = "nsbackup"
+_REGISTRATION_HOOKS = {
+    "nsbackup_register_providers": "provider",
+    "nsbackup_register_renderers": "renderer",
+    "nsbackup_register_metric_sinks": "metric_sink",
+}
+_ITEM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """Renders one gateway file from a render context (a cluster snapshot + node settings)."""
+
+    name: str
+    filename: str
+    secret: bool
+    """True when the file holds secrets: it is then written with mode 0600."""
+
+    def render(self, context: Any) -> str: ...
+
+
+@runtime_checkable
+class MetricSink(Protocol):
+    """Receives the report of each run. Must not raise; the core catches, logs and counts."""
+
+    name: str
+
+    def record(self, report: Any) -> None: ...
+
+
+@attrs.frozen
+class S3Vendor:
+    """An S3 vendor: a display name and the rclone options its endpoints need."""
+
+    name: str
+    options: Mapping[str, str]
+
+
+@attrs.frozen
+class PluginInfo:
+    name: str
+    dist: str
+    version: str
+    hooks: tuple[str, ...]
+    registered: Mapping[str, tuple[str, ...]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.dist,
+            "version": self.version,
+            "hooks": list(self.hooks),
+            "registered": {k: list(v) for k, v in self.registered.items()},
+        }
+
+
+@attrs.frozen
+class PluginFailure:
+    name: str
+    dist: str
+    version: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.name} ({self.dist} {self.version}) failed to load: {self.reason}"
+
+
+class Lookups:
+    """Typed access to look-up hooks, handed to plugins that need other plugins' answers."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self._pm = pm
+
+    def s3_vendor(self, host: str, parameters: Mapping[str, str]) -> S3Vendor | None:
+        result = self._pm.hook.nsbackup_s3_vendor(host=host, parameters=parameters)
+        if result is not None and not isinstance(result, S3Vendor):
+            raise PluginError(f"nsbackup_s3_vendor returned {type(result).__name__}, "
+                              "expected S3Vendor or None")
+        return result
+
+
+class PluginHost:
+    """The loaded plugins and what they registered."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.lookups = Lookups(self.pm)
+        self.providers: dict[str, Provider] = {}
+        self.renderers: dict[str, Renderer] = {}
+        self.metric_sinks: dict[str, MetricSink] = {}
+        self.plugins: dict[str, PluginInfo] = {}
+        self.failures: list[PluginFailure] = []
+        self._owner: dict[tuple[str, str], str] = {}
+
+    # -- look-ups -------------------------------------------------------------------------
+    def provider(self, name: str) -> Provider:
+        """The provider called ``name``; an unknown name is a validation error on ``provider``."""
+        try:
+            return self.providers[name]
+        except KeyError:
+            raise ValidationFailed(
+                [FieldError("provider", "provider", name, "backup_provider_unknown",
+                            f"unknown provider {name!r}; installed: {sorted(self.providers)}")]
+            ) from None
+
+    def owner(self, kind: str, name: str) -> str:
+        return self._owner[(kind, name)]
+
+    # -- registration ---------------------------------------------------------------------
+    def register_plugin(
+        self, plugin: object, name: str, dist: str = "", version: str = ""
+    ) -> PluginInfo:
+        """Register one plugin object or module; all or nothing.
+
+        Raise :class:`PluginError` (and leave no trace of the plugin) when it implements an
+        unknown hook or registers something invalid.
+        """
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # pluggy's validation and duplicate-name errors
+            raise PluginError(_reason(exc)) from exc
+        try:
+            unknown = [
+                impl.function.__name__
+                for hook in self.pm.hook.__dict__.values()
+                if isinstance(hook, pluggy.HookCaller) and not hook.has_spec()
+                for impl in hook.get_hookimpls()
+                if impl.plugin is plugin
+            ]
+            if unknown:
+                raise PluginError(f"unknown hook(s) {', '.join(sorted(unknown))}")
+            staged = self._collect(plugin, name)
+            self._check_staged(staged, name)
+        except BaseException as exc:
+            self.pm.unregister(plugin)
+            if isinstance(exc, PluginError):
+                raise
+            if isinstance(exc, Exception):
+                raise PluginError(_reason(exc)) from exc
+            raise
+        registered: dict[str, list[str]] = {}
+        for kind, item in staged:
+            getattr(self, _TABLE[kind])[item.name] = item
+            self._owner[(kind, item.name)] = name
+            registered.setdefault(kind, []).append(item.name)
+        hooks = tuple(sorted(
+            impl.function.__name__
+            for caller in self.pm.get_hookcallers(plugin) or ()
+            for impl in caller.get_hookimpls() if impl.plugin is plugin
+        ))
+        info = PluginInfo(name, dist, version, hooks,
+                          {k: tuple(v) for k, v in registered.items()})
+        self.plugins[name] = info
+        return info
+
+    def unregister_plugin(self, name: str) -> None:
+        """Remove a plugin and everything it registered (used by tests and embedders)."""
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        for (kind, item), owner in list(self._owner.items()):
+            if owner == name:
+                del getattr(self, _TABLE[kind])[item]
+                del self._owner[(kind, item)]
+        self.plugins.pop(name, None)
+
+    def _collect(self, plugin: object, name: str) -> list[tuple[str, Any]]:
+        staged: list[tuple[str, Any]] = []
+        for hook_name, kind in _REGISTRATION_HOOKS.items():
+            caller = getattr(self.pm.hook, hook_name)
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+
+                def register(item: Any, _kind: str = kind) -> None:
+                    staged.append((_kind, item))
+
+                available = {"register": register, "lookups": self.lookups}
+                impl.function(*[available[arg] for arg in impl.argnames])
+        return staged
+
+    def _check_staged(self, staged: list[tuple[str, Any]], plugin_name: str) -> None:
+        seen: set[tuple[str, str]] = set()
+        for kind, item in staged:
+            _check_item(kind, item)
+            key = (kind, item.name)
+            if key in self._owner:
+                raise PluginError(
+                    f"{kind.replace('_', ' ')} {item.name!r} is already registered by plugin "
+                    f"{self._owner[key]}; plugin {plugin_name} registers it again"
+                )
+            if key in seen:
+                raise PluginError(f"{kind.replace('_', ' ')} {item.name!r} registered twice")
+            seen.add(key)
+
+
+_TABLE = {"provider": "providers", "renderer": "renderers", "metric_sink": "metric_sinks"}
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _check_item(kind: str, item: Any) -> None:
+    label = f"{kind.replace('_', ' ')} {getattr(item, 'name', item)!r}"
+    if kind == "provider":
+        if not isinstance(item, Provider):
+            missing = _missing(item, Provider)
+            raise PluginError(f"{label} does not implement Provider (missing {missing})")
+        if not isinstance(item.name, str) or not PROVIDER_NAME.fullmatch(item.name):
+            raise PluginError(f"{label}: name must match {PROVIDER_NAME.pattern}")
+        params = list(item.parameters)
+        if not all(isinstance(p, Parameter) for p in params):
+            raise PluginError(f"{label}: parameters must be nsbackup.model.Parameter objects")
+        names = [p.name for p in params]
+        if len(set(names)) != len(names):
+            raise PluginError(f"{label}: duplicate parameter names")
+    elif kind == "renderer":
+        if not isinstance(item, Renderer):
+            raise PluginError(f"{label} does not implement Renderer (missing "
+                              f"{_missing(item, Renderer)})")
+        if not _ITEM_NAME.fullmatch(str(item.name)):
+            raise PluginError(f"{label}: name must match {_ITEM_NAME.pattern}")
+        if not isinstance(item.filename, str) or not _FILE_NAME.fullmatch(item.filename):
+            raise PluginError(f"{label}: filename must be a plain file name")
+        if not isinstance(item.secret, bool):
+            raise PluginError(f"{label}: secret must be a bool")
+    else:
+        if not isinstance(item, MetricSink):
+            raise PluginError(f"{label} does not implement MetricSink (missing "
+                              f"{_missing(item, MetricSink)})")
+        if not _ITEM_NAME.fullmatch(str(item.name)):
+            raise PluginError(f"{label}: name must match {_ITEM_NAME.pattern}")
+
+
+def _missing(item: Any, protocol: type) -> str:
+    attrs_ = [a for a in getattr(protocol, "__protocol_attrs__", ()) if not hasattr(item, a)]
+    return ", ".join(sorted(attrs_)) or "a compatible signature"
+
+
+def disabled_plugins(environ: Mapping[str, str] | None = None) -> set[str]:
+    value = (environ if environ is not None else os.environ).get(DISABLE_ENV, "")
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def load_plugins(
+    entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
+    *,
+    disabled: set[str] | None = None,
+    on_failure: Callable[[PluginFailure], None] | None = None,
+) -> PluginHost:
+    """Load the ``nsbackup`` entry points into a new :class:`PluginHost`.
+
+    Failures are collected in ``host.failures`` (and logged); they never stop the others.
+    """
+    host = PluginHost()
+    if entry_points is None:
+        entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    skip = disabled_plugins() if disabled is None else disabled
+
+    def order(ep: importlib.metadata.EntryPoint) -> tuple[bool, str, str]:
+        dist = ep.dist.name if ep.dist else ""
+        return (dist != BUILTIN_DIST, dist, ep.name)
+
+    seen: set[tuple[str, str, str]] = set()
+    for ep in sorted(entry_points, key=order):
+        dist = ep.dist.name if ep.dist else "?"
+        version = ep.dist.version if ep.dist else "?"
+        if ep.name in skip or dist in skip or (ep.name, ep.value, dist) in seen:
+            continue
+        seen.add((ep.name, ep.value, dist))
+        try:
+            plugin = ep.load()
+            host.register_plugin(plugin, ep.name, dist, version)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, PluginError) else _reason(exc)
+            failure = PluginFailure(ep.name, dist, version, reason)
+            host.failures.append(failure)
+            log.warning("%s", failure)
+            if on_failure is not None:
+                on_failure(failure)
+    return host

@@ -1,0 +1,1 @@
+"""nsbackup's built-in plugins, loaded through entry points exactly like third-party ones."""
