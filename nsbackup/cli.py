@@ -72,27 +72,50 @@ def read_data(spec: str, stdin: TextIO) -> Any:
             with open(spec[1:], encoding="utf-8") as handle:
                 raw = handle.read()
         except OSError as exc:
-            raise ValidationFailed([FieldError("data", "data", spec, "unreadable_file",
-                                               f"cannot read {spec[1:]}: {exc.strerror}")])
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "data",
+                        "data",
+                        spec,
+                        "unreadable_file",
+                        f"cannot read {spec[1:]}: {exc.strerror}",
+                    )
+                ]
+            ) from None
     else:
         raw = spec
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValidationFailed([FieldError("data", "data", None, "invalid_json",
-                                           f"--data is not valid JSON: {exc.msg} at line "
-                                           f"{exc.lineno} column {exc.colno}")]) from None
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "data",
+                    "data",
+                    None,
+                    "invalid_json",
+                    f"--data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                )
+            ]
+        ) from None
 
 
 # -- commands ---------------------------------------------------------------------------------
+
 
 def cmd_plugins(ctx: Context) -> int:
     host = ctx.host
     data = {
         "plugins": [info.as_dict() for info in host.plugins.values()],
         "failures": [
-            {"name": f.name, "distribution": f.dist, "version": f.version, "error": f.reason,
-             "message": str(f)}
+            {
+                "name": f.name,
+                "distribution": f.dist,
+                "version": f.version,
+                "error": f.reason,
+                "message": str(f),
+            }
             for f in host.failures
         ],
     }
@@ -107,7 +130,7 @@ def cmd_plugins(ctx: Context) -> int:
 
 def cmd_providers(ctx: Context) -> int:
     host = ctx.host
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "name": p.name,
             "description": p.description,
@@ -122,10 +145,13 @@ def cmd_providers(ctx: Context) -> int:
         lines.append(f"{item['name']}: {item['description']}")
         lines.append(f"    url: {item['url_form']}")
         for param in item["parameters"]:
-            flags = [f for f, on in (("required", param["required"]),
-                                     ("secret", param["secret"])) if on]
-            lines.append(f"    {param['name']}{' (' + ', '.join(flags) + ')' if flags else ''}"
-                         f": {param['description']}")
+            flags = [
+                f for f, on in (("required", param["required"]), ("secret", param["secret"])) if on
+            ]
+            lines.append(
+                f"    {param['name']}{' (' + ', '.join(flags) + ')' if flags else ''}"
+                f": {param['description']}"
+            )
     ctx.emit(data, "\n".join(lines))
     return 0
 
@@ -156,22 +182,27 @@ def cmd_rclone_reveal(ctx: Context) -> int:
     try:
         result = reveal(_secret_argument(ctx))
     except RevealError as exc:
-        raise ValidationFailed([FieldError("text", "text", "***", "invalid_obscured",
-                                           str(exc))]) from None
+        raise ValidationFailed(
+            [FieldError("text", "text", "***", "invalid_obscured", str(exc))]
+        ) from None
     ctx.emit({"revealed": result}, result)
     return 0
 
 
 # -- parser -----------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nsbackup", description="Backup plumbing for NS8-style clusters.")
     parser.add_argument("--version", action="version", version=f"nsbackup {__version__}")
-    parser.add_argument("--redis", default=os.environ.get("NSBACKUP_REDIS_URL",
-                                                          "redis://127.0.0.1:6379/0"),
-                        help="Redis URL (default $NSBACKUP_REDIS_URL or redis://127.0.0.1:6379/0)")
-    parser.add_argument("--node", default=os.environ.get("NODE_ID"),
-                        help="this node's id (default $NODE_ID)")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get("NSBACKUP_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="Redis URL (default $NSBACKUP_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--node", default=os.environ.get("NODE_ID"), help="this node's id (default $NODE_ID)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     groups = parser.add_subparsers(dest="group", metavar="GROUP", parser_class=_Parser)
@@ -188,16 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     dest = groups.add_parser("destination", help="backup destinations")
     dest_sub = dest.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     dest_sub.required = True
-    render = command(dest_sub, "render", cmd_destination_render,
-                     "print the rclone section a request would produce (no Redis needed)")
+    render = command(
+        dest_sub,
+        "render",
+        cmd_destination_render,
+        "print the rclone section a request would produce (no Redis needed)",
+    )
     render.add_argument("--data", required=True, help="request JSON, @FILE or - (stdin)")
     render.add_argument("--show-secrets", action="store_true", help="show secret values")
 
     rc = groups.add_parser("rclone", help="rclone-compatible helpers")
     rc_sub = rc.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     rc_sub.required = True
-    for name, func, what in (("obscure", cmd_rclone_obscure, "obscure TEXT like rclone"),
-                             ("reveal", cmd_rclone_reveal, "reveal TEXT like rclone")):
+    for name, func, what in (
+        ("obscure", cmd_rclone_obscure, "obscure TEXT like rclone"),
+        ("reveal", cmd_rclone_reveal, "reveal TEXT like rclone"),
+    ):
         p = command(rc_sub, name, func, what)
         p.add_argument("text", metavar="TEXT", help="the text, or - to read it from stdin")
     return parser
@@ -209,8 +246,9 @@ def _print_errors(ctx_out: TextIO, err: TextIO, errors: Sequence[FieldError]) ->
         print(f"error: {e.describe()}", file=err)
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
-         err: TextIO | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     handler = logging.StreamHandler(err)
@@ -223,8 +261,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None,
     except UsageError as exc:
         _print_errors(out, err, [FieldError("", "", None, "usage", str(exc))])
         return 2
-    root.setLevel(logging.DEBUG if args.verbose > 1 else
-                  logging.INFO if args.verbose else logging.WARNING)
+    root.setLevel(
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    )
     ctx = Context(args, out, err)
     try:
         code: int = args.func(ctx)

@@ -33,7 +33,9 @@ def destination_uuid(provider: str, identity: Mapping[str, str]) -> str:
     """
     canonical = json.dumps(
         {"provider": provider, "identity": dict(identity)},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
     )
     return str(uuid.uuid5(uuid.NAMESPACE_URL, "nsbackup:destination:" + canonical))
 
@@ -51,15 +53,24 @@ def prepare(
     """
     provider = host.provider(request.provider)
     if previous is not None and previous.provider != request.provider:
-        raise ValidationFailed([
-            FieldError("provider", "provider", request.provider, "backup_provider_mismatch",
-                       f"destination {previous.id} uses provider {previous.provider}")
-        ])
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "provider",
+                    "provider",
+                    request.provider,
+                    "backup_provider_mismatch",
+                    f"destination {previous.id} uses provider {previous.provider}",
+                )
+            ]
+        )
     owner = host.owner("provider", provider.name)
     try:
         validated = provider.validate(request, previous)
-        uid = previous.id if previous is not None else destination_uuid(
-            provider.name, provider.identity(validated)
+        uid = (
+            previous.id
+            if previous is not None
+            else destination_uuid(provider.name, provider.identity(validated))
         )
         section = dict(provider.rclone_section(validated))
         basepath = provider.basepath(validated)
@@ -77,19 +88,31 @@ def prepare(
             f"provider {provider.name} (plugin {owner}) failed: {type(exc).__name__}"
         ) from exc
     if not section or next(iter(section)) != "type":
-        raise PluginError(f"provider {provider.name} (plugin {owner}) returned a section "
-                          "that does not start with 'type'")
+        raise PluginError(
+            f"provider {provider.name} (plugin {owner}) returned a section "
+            "that does not start with 'type'"
+        )
     try:
         text = ini.render_section(uid, section)
     except ini.IniError as exc:
         secret = isinstance(section.get(exc.option), Secret)
-        raise ValidationFailed([
-            field_error("parameters", exc.option, section.get(exc.option), "pattern", str(exc),
-                        secret=secret)
-        ]) from None
+        raise ValidationFailed(
+            [
+                field_error(
+                    "parameters",
+                    exc.option,
+                    section.get(exc.option),
+                    "pattern",
+                    str(exc),
+                    secret=secret,
+                )
+            ]
+        ) from None
     if ini.parse(text) != {uid: {k: str(v) for k, v in section.items()}}:
-        raise PluginError(f"provider {provider.name} (plugin {owner}) produced values that "
-                          "do not survive an rclone config round trip")
+        raise PluginError(
+            f"provider {provider.name} (plugin {owner}) produced values that "
+            "do not survive an rclone config round trip"
+        )
     return PreparedDestination(
         id=uid,
         provider=provider.name,
@@ -122,17 +145,22 @@ def render_result(prepared: PreparedDestination, *, show_secrets: bool = False) 
     }
 
 
-def stored_destination(
-    uid: str, public: Mapping[str, str], rclone_conf: str
-) -> StoredDestination:
+def stored_destination(uid: str, public: Mapping[str, str], rclone_conf: str) -> StoredDestination:
     """Rebuild a :class:`StoredDestination` from its stored public hash and rclone text."""
     try:
         sections = ini.parse(rclone_conf)
     except ini.IniError as exc:
-        raise ValidationFailed([
-            field_error("id", "id", uid, "rclone_conf_error",
-                        f"stored configuration of {uid} cannot be read: {exc}")
-        ]) from None
+        raise ValidationFailed(
+            [
+                field_error(
+                    "id",
+                    "id",
+                    uid,
+                    "rclone_conf_error",
+                    f"stored configuration of {uid} cannot be read: {exc}",
+                )
+            ]
+        ) from None
     section = sections.get(uid) or (next(iter(sections.values())) if sections else {})
     return StoredDestination(
         id=uid,

@@ -23,9 +23,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def nsbackup_register_providers(
-    register: Callable[[Provider], None], lookups: Lookups
-) -> None:
+def nsbackup_register_providers(register: Callable[[Provider], None], lookups: Lookups) -> None:
     """Register destination providers: call ``register(provider)`` once per provider.
 
     ``lookups`` gives access to look-up hooks such as :func:`nsbackup_s3_vendor` for

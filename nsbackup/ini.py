@@ -154,8 +154,7 @@ def combine_upstreams(upstreams: Iterable[tuple[str, str]]) -> str:
     ``"dir=remote"`` quoted as rclone's space-separated CSV list expects (``"`` doubled).
     """
     out = io.StringIO()
-    writer = csv.writer(out, delimiter=" ", quotechar='"', quoting=csv.QUOTE_ALL,
-                        lineterminator="")
+    writer = csv.writer(out, delimiter=" ", quotechar='"', quoting=csv.QUOTE_ALL, lineterminator="")
     tokens = []
     for directory, remote in upstreams:
         check_value(directory, "upstreams")

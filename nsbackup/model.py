@@ -109,7 +109,10 @@ class DestinationRequest:
             if key not in _REQUEST_KEYS:
                 errors.append(
                     field_error(
-                        str(key), str(key), None, "additionalProperties",
+                        str(key),
+                        str(key),
+                        None,
+                        "additionalProperties",
                         f"unknown field {key!r}; expected {sorted(_REQUEST_KEYS)}",
                     )
                 )
@@ -128,7 +131,10 @@ class DestinationRequest:
             if CONTROL_CHARS.search(value):
                 errors.append(
                     field_error(
-                        key, key, value, "pattern",
+                        key,
+                        key,
+                        value,
+                        "pattern",
                         f"{key} must not contain control characters (CR, LF, NUL, TAB, ...)",
                         secret=secret,
                     )
@@ -142,8 +148,15 @@ class DestinationRequest:
         url = text("url", required=False)
         name = text("name", required=False)
         if name is not None and len(name) > 256:
-            errors.append(field_error("name", "name", name[:20] + "...", "maxLength",
-                                      "name is longer than 256 characters"))
+            errors.append(
+                field_error(
+                    "name",
+                    "name",
+                    name[:20] + "...",
+                    "maxLength",
+                    "name is longer than 256 characters",
+                )
+            )
         password = text("password", required=False, secret=True)
         ident = text("id", required=alter)
         parameters = payload.get("parameters", {})
@@ -151,7 +164,9 @@ class DestinationRequest:
             parameters = {}
         if not isinstance(parameters, Mapping):
             errors.append(
-                field_error("parameters", "parameters", None, "type", "parameters must be an object")
+                field_error(
+                    "parameters", "parameters", None, "type", "parameters must be an object"
+                )
             )
             parameters = {}
         if errors:
@@ -175,7 +190,7 @@ class StoredDestination:
     url: str
     name: str
     basepath: str
-    section: Mapping[str, str]
+    section: Mapping[str, str] = attrs.field(repr=False)  # holds secrets
 
 
 @attrs.frozen
@@ -203,8 +218,8 @@ class PreparedDestination:
     url: str
     basepath: str
     public_basepath: str
-    section: Mapping[str, str]
-    rclone_conf: str
+    section: Mapping[str, str]  # secret values are Secret instances
+    rclone_conf: str = attrs.field(repr=False)  # holds secrets
 
     def public(self) -> dict[str, str]:
         """The public hash ``cluster/backup_repository/<id>`` (no secrets)."""

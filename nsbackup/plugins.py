@@ -104,8 +104,9 @@ class Lookups:
     def s3_vendor(self, host: str, parameters: Mapping[str, str]) -> S3Vendor | None:
         result = self._pm.hook.nsbackup_s3_vendor(host=host, parameters=parameters)
         if result is not None and not isinstance(result, S3Vendor):
-            raise PluginError(f"nsbackup_s3_vendor returned {type(result).__name__}, "
-                              "expected S3Vendor or None")
+            raise PluginError(
+                f"nsbackup_s3_vendor returned {type(result).__name__}, expected S3Vendor or None"
+            )
         return result
 
 
@@ -130,8 +131,15 @@ class PluginHost:
             return self.providers[name]
         except KeyError:
             raise ValidationFailed(
-                [FieldError("provider", "provider", name, "backup_provider_unknown",
-                            f"unknown provider {name!r}; installed: {sorted(self.providers)}")]
+                [
+                    FieldError(
+                        "provider",
+                        "provider",
+                        name,
+                        "backup_provider_unknown",
+                        f"unknown provider {name!r}; installed: {sorted(self.providers)}",
+                    )
+                ]
             ) from None
 
     def owner(self, kind: str, name: str) -> str:
@@ -174,13 +182,15 @@ class PluginHost:
             getattr(self, _TABLE[kind])[item.name] = item
             self._owner[(kind, item.name)] = name
             registered.setdefault(kind, []).append(item.name)
-        hooks = tuple(sorted(
-            impl.function.__name__
-            for caller in self.pm.get_hookcallers(plugin) or ()
-            for impl in caller.get_hookimpls() if impl.plugin is plugin
-        ))
-        info = PluginInfo(name, dist, version, hooks,
-                          {k: tuple(v) for k, v in registered.items()})
+        hooks = tuple(
+            sorted(
+                impl.function.__name__
+                for caller in self.pm.get_hookcallers(plugin) or ()
+                for impl in caller.get_hookimpls()
+                if impl.plugin is plugin
+            )
+        )
+        info = PluginInfo(name, dist, version, hooks, {k: tuple(v) for k, v in registered.items()})
         self.plugins[name] = info
         return info
 
@@ -249,8 +259,9 @@ def _check_item(kind: str, item: Any) -> None:
             raise PluginError(f"{label}: duplicate parameter names")
     elif kind == "renderer":
         if not isinstance(item, Renderer):
-            raise PluginError(f"{label} does not implement Renderer (missing "
-                              f"{_missing(item, Renderer)})")
+            raise PluginError(
+                f"{label} does not implement Renderer (missing {_missing(item, Renderer)})"
+            )
         if not _ITEM_NAME.fullmatch(str(item.name)):
             raise PluginError(f"{label}: name must match {_ITEM_NAME.pattern}")
         if not isinstance(item.filename, str) or not _FILE_NAME.fullmatch(item.filename):
@@ -259,8 +270,9 @@ def _check_item(kind: str, item: Any) -> None:
             raise PluginError(f"{label}: secret must be a bool")
     else:
         if not isinstance(item, MetricSink):
-            raise PluginError(f"{label} does not implement MetricSink (missing "
-                              f"{_missing(item, MetricSink)})")
+            raise PluginError(
+                f"{label} does not implement MetricSink (missing {_missing(item, MetricSink)})"
+            )
         if not _ITEM_NAME.fullmatch(str(item.name)):
             raise PluginError(f"{label}: name must match {_ITEM_NAME.pattern}")
 

@@ -85,7 +85,8 @@ def probe(
         def step(name: str, args: list[str]) -> tuple[int, str]:
             result = rclone.run(
                 [*args, *rclone.QUICK_FLAGS, "--cache-dir", str(cache)],
-                config=config, timeout=step_timeout,
+                config=config,
+                timeout=step_timeout,
             )
             return result.returncode, _scrub(result.stderr, hidden)
 
@@ -120,4 +121,3 @@ def _scrub(text: str, hidden: list[Secret]) -> str:
     for value in hidden:
         text = text.replace(str.__str__(value), REDACTED)
     return text.strip()
-

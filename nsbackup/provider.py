@@ -105,7 +105,8 @@ def check_path(path: str, what: str = "path") -> str:
     return stripped
 
 
-HOSTNAME = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = rf"{_LABEL}(?:\.{_LABEL})*\.?"
 IPV6 = r"\[[0-9A-Fa-f:.]+\]"
 HOST = rf"(?:{HOSTNAME}|{IPV6})"
 HOST_PORT = re.compile(rf"(?P<host>{HOST})(?::(?P<port>[0-9]{{1,5}}))?")
@@ -125,9 +126,7 @@ class BaseProvider:
         :class:`UrlError` with a user-facing message when it is not of ``url_form``."""
         raise NotImplementedError
 
-    def check(
-        self, params: Mapping[str, str], details: Mapping[str, str]
-    ) -> Sequence[FieldError]:
+    def check(self, params: Mapping[str, str], details: Mapping[str, str]) -> Sequence[FieldError]:
         """Extra cross-field checks; return the errors."""
         return ()
 
@@ -171,8 +170,7 @@ class BaseProvider:
                 details = self.parse_url(url, params)
             except UrlError as exc:
                 errors.append(
-                    field_error("url", "url", url, "pattern",
-                                f"{exc}; expected {self.url_form}")
+                    field_error("url", "url", url, "pattern", f"{exc}; expected {self.url_form}")
                 )
         if not errors:
             errors.extend(self.check(params, details))
@@ -197,7 +195,10 @@ class BaseProvider:
             if key not in declared:
                 errors.append(
                     field_error(
-                        "parameters", str(key), None, "additionalProperties",
+                        "parameters",
+                        str(key),
+                        None,
+                        "additionalProperties",
                         f"unknown parameter {key!r} for provider {self.name}; "
                         f"expected {sorted(declared) or 'none'}",
                     )
@@ -211,8 +212,14 @@ class BaseProvider:
                 raw = None
             if isinstance(raw, bool) or not isinstance(raw, str | int | type(None)):
                 errors.append(
-                    field_error("parameters", name, raw, "type", f"{name} must be a string",
-                                secret=param.secret)
+                    field_error(
+                        "parameters",
+                        name,
+                        raw,
+                        "type",
+                        f"{name} must be a string",
+                        secret=param.secret,
+                    )
                 )
                 continue
             value = None if raw is None else str(raw)
@@ -221,15 +228,15 @@ class BaseProvider:
             if value is None or (value == "" and param.required):
                 if param.required:
                     errors.append(
-                        field_error("parameters", name, value, "required",
-                                    f"{name} is required")
+                        field_error("parameters", name, value, "required", f"{name} is required")
                     )
                 continue
             problem = self._check_value(param, value)
             if problem:
                 code, message = problem
-                errors.append(field_error("parameters", name, value, code, message,
-                                          secret=param.secret))
+                errors.append(
+                    field_error("parameters", name, value, code, message, secret=param.secret)
+                )
                 continue
             result[name] = Secret(value) if param.secret else value
         return result

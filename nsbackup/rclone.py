@@ -97,10 +97,17 @@ class BackendOption:
     @property
     def secret(self) -> bool:
         """True when the value must be hidden in listings and displays."""
-        return self.is_password or is_secret_key(self.name) or (
-            self.sensitive
-            and bool(re.search(r"key|secret|token|pass|pem|sas|cert|connection|cookie|auth",
-                               self.name))
+        return (
+            self.is_password
+            or is_secret_key(self.name)
+            or (
+                self.sensitive
+                and bool(
+                    re.search(
+                        r"key|secret|token|pass|pem|sas|cert|connection|cookie|auth", self.name
+                    )
+                )
+            )
         )
 
     @property

@@ -22,12 +22,16 @@ class AzureProvider(BaseProvider):
     description = "Azure Blob Storage"
     url_form = "azure:<container>[/<path>]"
     parameters = (
-        Parameter("azure_account_name", "Storage account name", required=True,
-                  pattern=r"[a-z0-9]{3,24}"),
+        Parameter(
+            "azure_account_name", "Storage account name", required=True, pattern=r"[a-z0-9]{3,24}"
+        ),
         Parameter("azure_account_key", "Storage account key", required=True, secret=True),
-        Parameter("endpoint", "Blob service endpoint, only for emulators and sovereign clouds "
-                  "(e.g. http://127.0.0.1:10000/devstoreaccount1)",
-                  pattern=r"https?://\S+"),
+        Parameter(
+            "endpoint",
+            "Blob service endpoint, only for emulators and sovereign clouds "
+            "(e.g. http://127.0.0.1:10000/devstoreaccount1)",
+            pattern=r"https?://\S+",
+        ),
     )
 
     def parse_url(self, url: str, params: Mapping[str, str]) -> dict[str, str]:
@@ -38,9 +42,7 @@ class AzureProvider(BaseProvider):
         )
         return {"container": container, "basepath": join_path(container, path)}
 
-    def check(
-        self, params: Mapping[str, str], details: Mapping[str, str]
-    ) -> Sequence[FieldError]:
+    def check(self, params: Mapping[str, str], details: Mapping[str, str]) -> Sequence[FieldError]:
         endpoint = params.get("endpoint", "")
         try:
             if endpoint:

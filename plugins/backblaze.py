@@ -15,8 +15,12 @@ class BackblazeProvider(BaseProvider):
     description = "Backblaze B2"
     url_form = "b2:<bucket>[/<path>]"
     parameters = (
-        Parameter("b2_account_id", "Account or application key ID", required=True,
-                  pattern=r"[A-Za-z0-9]{1,128}"),
+        Parameter(
+            "b2_account_id",
+            "Account or application key ID",
+            required=True,
+            pattern=r"[A-Za-z0-9]{1,128}",
+        ),
         Parameter("b2_account_key", "Application key", required=True, secret=True),
     )
 

@@ -35,18 +35,74 @@ MAX_CONF = 100_000
 EXTRA_TYPES_ENV = "NSBACKUP_RCLONE_EXTRA_TYPES"
 
 # Backends that wrap other remotes, expose the node's own disk or hold no durable data.
-NEVER_ALLOWED = frozenset({
-    "local", "alias", "combine", "union", "chunker", "crypt", "hasher", "compress", "cache",
-    "memory", "archive", "http", "doi",
-})
-DEFAULT_TYPES = frozenset({
-    "s3", "b2", "azureblob", "azurefiles", "swift", "gcs", "oos", "qingstor", "sftp", "ftp",
-    "smb", "webdav", "drive", "onedrive", "dropbox", "box", "pcloud", "mega", "storj",
-    "koofr", "jottacloud", "opendrive", "seafile", "sharefile", "yandex", "zoho", "hidrive",
-    "filefabric", "mailru", "netstorage", "sugarsync", "internetarchive", "quatrix",
-    "protondrive", "sia", "filescom", "iclouddrive", "pikpak", "putio", "premiumizeme",
-    "fichier", "linkbox", "ulozto", "filen", "filelu", "gofile", "hdfs",
-})
+NEVER_ALLOWED = frozenset(
+    {
+        "local",
+        "alias",
+        "combine",
+        "union",
+        "chunker",
+        "crypt",
+        "hasher",
+        "compress",
+        "cache",
+        "memory",
+        "archive",
+        "http",
+        "doi",
+    }
+)
+DEFAULT_TYPES = frozenset(
+    {
+        "s3",
+        "b2",
+        "azureblob",
+        "azurefiles",
+        "swift",
+        "gcs",
+        "oos",
+        "qingstor",
+        "sftp",
+        "ftp",
+        "smb",
+        "webdav",
+        "drive",
+        "onedrive",
+        "dropbox",
+        "box",
+        "pcloud",
+        "mega",
+        "storj",
+        "koofr",
+        "jottacloud",
+        "opendrive",
+        "seafile",
+        "sharefile",
+        "yandex",
+        "zoho",
+        "hidrive",
+        "filefabric",
+        "mailru",
+        "netstorage",
+        "sugarsync",
+        "internetarchive",
+        "quatrix",
+        "protondrive",
+        "sia",
+        "filescom",
+        "iclouddrive",
+        "pikpak",
+        "putio",
+        "premiumizeme",
+        "fichier",
+        "linkbox",
+        "ulozto",
+        "filen",
+        "filelu",
+        "gofile",
+        "hdfs",
+    }
+)
 
 
 def allowed_types(environ: Mapping[str, str] | None = None) -> frozenset[str]:
@@ -65,12 +121,19 @@ class RcloneProvider(BaseProvider):
     description = "Any storage rclone supports, from a pasted rclone configuration section"
     url_form = "rclone:<type>:<host>:<basepath> (derived; the request url is ignored)"
     parameters = (
-        Parameter("rclone_conf_secret", "rclone configuration text: one section, with or "
-                  "without its [header]", secret=True, max_length=MAX_CONF),
-        Parameter("rclone_conf_b64_secret", "The same, base64-encoded (used when "
-                  "rclone_conf_secret is null)", secret=True, max_length=MAX_CONF * 2),
-        Parameter("basepath", "Path inside the remote (bucket/path, folder, ...)",
-                  max_length=512),
+        Parameter(
+            "rclone_conf_secret",
+            "rclone configuration text: one section, with or without its [header]",
+            secret=True,
+            max_length=MAX_CONF,
+        ),
+        Parameter(
+            "rclone_conf_b64_secret",
+            "The same, base64-encoded (used when rclone_conf_secret is null)",
+            secret=True,
+            max_length=MAX_CONF * 2,
+        ),
+        Parameter("basepath", "Path inside the remote (bucket/path, folder, ...)", max_length=512),
     )
 
     def validate(
@@ -81,22 +144,31 @@ class RcloneProvider(BaseProvider):
         declared = {p.name for p in self.parameters}
         for key in params:
             if key not in declared:
-                errors.append(field_error("parameters", str(key), None, "additionalProperties",
-                                          f"unknown parameter {key!r} for provider rclone"))
+                errors.append(
+                    field_error(
+                        "parameters",
+                        str(key),
+                        None,
+                        "additionalProperties",
+                        f"unknown parameter {key!r} for provider rclone",
+                    )
+                )
         text = self._config_text(params, previous, errors)
         basepath_raw = params.get("basepath")
         if basepath_raw is None:
             basepath_raw = previous.basepath if previous else ""
         basepath = ""
         if not isinstance(basepath_raw, str):
-            errors.append(field_error("parameters", "basepath", None, "type",
-                                      "basepath must be a string"))
+            errors.append(
+                field_error("parameters", "basepath", None, "type", "basepath must be a string")
+            )
         else:
             try:
                 basepath = check_path(basepath_raw, "basepath")
             except UrlError as exc:
-                errors.append(field_error("parameters", "basepath", basepath_raw, "pattern",
-                                          str(exc)))
+                errors.append(
+                    field_error("parameters", "basepath", basepath_raw, "pattern", str(exc))
+                )
         section: dict[str, str] = {}
         if text is not None and not errors:
             section = self._check_section(text, errors)
@@ -104,7 +176,9 @@ class RcloneProvider(BaseProvider):
             raise ValidationFailed(errors)
         url = f"rclone:{section['type']}:{_host(section)}:{basepath}"
         return ValidatedDestination(
-            self.name, url, {"basepath": basepath},
+            self.name,
+            url,
+            {"basepath": basepath},
             details={**section, "basepath": basepath},
         )
 
@@ -123,8 +197,13 @@ class RcloneProvider(BaseProvider):
             try:
                 plain = base64.b64decode(encoded, validate=True).decode("utf-8")
             except (binascii.Error, ValueError):
-                errors.append(_err("rclone_conf_b64_secret", "invalid_base64",
-                                   "rclone_conf_b64_secret is not valid base64 of UTF-8 text"))
+                errors.append(
+                    _err(
+                        "rclone_conf_b64_secret",
+                        "invalid_base64",
+                        "rclone_conf_b64_secret is not valid base64 of UTF-8 text",
+                    )
+                )
                 return None
         if plain is not None and not isinstance(plain, str):
             errors.append(_err("rclone_conf_secret", "type", "must be a string or null"))
@@ -132,12 +211,22 @@ class RcloneProvider(BaseProvider):
         if not plain:
             if previous is not None:  # alter: empty keeps the stored configuration
                 return ini.render_section("stored", previous.section)
-            errors.append(_err("rclone_conf_secret", "required",
-                               "rclone_conf_secret (or rclone_conf_b64_secret) is required"))
+            errors.append(
+                _err(
+                    "rclone_conf_secret",
+                    "required",
+                    "rclone_conf_secret (or rclone_conf_b64_secret) is required",
+                )
+            )
             return None
         if len(plain) > MAX_CONF:
-            errors.append(_err("rclone_conf_secret", "maxLength",
-                               f"the configuration is longer than {MAX_CONF} characters"))
+            errors.append(
+                _err(
+                    "rclone_conf_secret",
+                    "maxLength",
+                    f"the configuration is longer than {MAX_CONF} characters",
+                )
+            )
             return None
         return plain
 
@@ -150,15 +239,21 @@ class RcloneProvider(BaseProvider):
             return {}
         backend_type = options.get("type", "")
         if not backend_type:
-            errors.append(_err("rclone_conf_secret", "rclone_conf_error",
-                               "the section has no 'type' option"))
+            errors.append(
+                _err("rclone_conf_secret", "rclone_conf_error", "the section has no 'type' option")
+            )
             return {}
         catalog = rclone_bin.catalog()
         allowed = allowed_types()
         if backend_type not in allowed or backend_type not in catalog:
-            errors.append(_err("rclone_conf_secret", "rclone_conf_error",
-                               f"backend type {backend_type!r} is not allowed; allowed: "
-                               f"{', '.join(sorted(allowed & set(catalog)))}"))
+            errors.append(
+                _err(
+                    "rclone_conf_secret",
+                    "rclone_conf_error",
+                    f"backend type {backend_type!r} is not allowed; allowed: "
+                    f"{', '.join(sorted(allowed & set(catalog)))}",
+                )
+            )
             return {}
         backend = catalog[backend_type]
         section: dict[str, str] = {"type": backend_type}
@@ -167,16 +262,31 @@ class RcloneProvider(BaseProvider):
                 continue
             option = backend.options.get(key)
             if option is None:
-                errors.append(_err("rclone_conf_secret", "rclone_conf_error",
-                                   f"option {key!r} does not exist for backend {backend_type}"))
+                errors.append(
+                    _err(
+                        "rclone_conf_secret",
+                        "rclone_conf_error",
+                        f"option {key!r} does not exist for backend {backend_type}",
+                    )
+                )
                 continue
             if option.refusal:
-                errors.append(_err("rclone_conf_secret", "rclone_conf_error",
-                                   f"option {key!r} is not allowed: {option.refusal}"))
+                errors.append(
+                    _err(
+                        "rclone_conf_secret",
+                        "rclone_conf_error",
+                        f"option {key!r} is not allowed: {option.refusal}",
+                    )
+                )
                 continue
             if option.is_password and value and not is_obscured(value):
-                errors.append(_err("rclone_conf_secret", "rclone_conf_error",
-                                   f"option {key!r} must be obscured (rclone obscure)"))
+                errors.append(
+                    _err(
+                        "rclone_conf_secret",
+                        "rclone_conf_error",
+                        f"option {key!r} must be obscured (rclone obscure)",
+                    )
+                )
                 continue
             section[key] = Secret(value) if option.secret else value
         return section
@@ -194,7 +304,8 @@ class RcloneProvider(BaseProvider):
         section = self.rclone_section(validated)
         backend = rclone_bin.catalog()[section["type"]]
         kept = {
-            k: v for k, v in section.items()
+            k: v
+            for k, v in section.items()
             if not isinstance(v, Secret)
             and not (k in backend.options and backend.options[k].is_password)
         }

@@ -24,7 +24,8 @@ S3_PARAMETERS = (
     Parameter("aws_access_key_id", "Access key ID", required=True, pattern=r"\S{1,256}"),
     Parameter("aws_secret_access_key", "Secret access key", required=True, secret=True),
     Parameter(
-        "aws_default_region", "Region (e.g. eu-west-1); empty: the service default",
+        "aws_default_region",
+        "Region (e.g. eu-west-1); empty: the service default",
         pattern=r"[A-Za-z0-9_-]{0,64}",
     ),
 )
@@ -97,7 +98,7 @@ class GenericS3Provider(BaseProvider):
             raise UrlError("must start with 's3:'")
         scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url[3:])
         prefix = scheme.group(0).lower() if scheme else ""
-        endpoint, sep, rest = url[3 + len(prefix):].partition("/")
+        endpoint, sep, rest = url[3 + len(prefix) :].partition("/")
         if not sep:
             raise UrlError("bucket is missing")
         scheme, host, _ = parse_endpoint(prefix + endpoint)
@@ -133,8 +134,6 @@ class GenericS3Provider(BaseProvider):
 
 
 @hookimpl
-def nsbackup_register_providers(
-    register: Callable[[Provider], None], lookups: Lookups
-) -> None:
+def nsbackup_register_providers(register: Callable[[Provider], None], lookups: Lookups) -> None:
     register(AwsProvider())
     register(GenericS3Provider(lookups.s3_vendor))

@@ -26,23 +26,43 @@ Rule = tuple[str, str, Callable[[str, Mapping[str, str]], dict[str, str]]]
 
 VENDORS: tuple[Rule, ...] = (
     ("digitalocean", "DigitalOcean", lambda h, p: {"provider": "DigitalOcean"}),
-    ("ovh.net", "OVH", lambda h, p: {
-        "provider": "Other",
-        "region": _region(p, h, 1),
-        "location_constraint": _region(p, h, 1),
-    }),
+    (
+        "ovh.net",
+        "OVH",
+        lambda h, p: {
+            "provider": "Other",
+            "region": _region(p, h, 1),
+            "location_constraint": _region(p, h, 1),
+        },
+    ),
     ("wasabi", "Wasabi", lambda h, p: {"provider": "Wasabi", "region": _region(p, h, 1)}),
-    ("synology", "Synology", lambda h, p: {
-        "provider": "Synology", "region": _region(p, h, 0), "no_check_bucket": "true",
-    }),
-    ("your-objectstorage.com", "Hetzner", lambda h, p: {
-        "provider": "Other", "region": _region(p, h, 0),
-    }),
+    (
+        "synology",
+        "Synology",
+        lambda h, p: {
+            "provider": "Synology",
+            "region": _region(p, h, 0),
+            "no_check_bucket": "true",
+        },
+    ),
+    (
+        "your-objectstorage.com",
+        "Hetzner",
+        lambda h, p: {
+            "provider": "Other",
+            "region": _region(p, h, 0),
+        },
+    ),
     ("idrivee2", "IDrive", lambda h, p: {"provider": "IDrive", "no_check_bucket": "true"}),
     ("cubbit.eu", "Cubbit", lambda h, p: {"provider": "Other", "region": "eu-west-1"}),
-    ("scalablestorage.it", "scalablestorage", lambda h, p: {
-        "provider": "Other", "no_check_bucket": "true",
-    }),
+    (
+        "scalablestorage.it",
+        "scalablestorage",
+        lambda h, p: {
+            "provider": "Other",
+            "no_check_bucket": "true",
+        },
+    ),
 )
 
 

@@ -23,21 +23,35 @@ class SmbProvider(BaseProvider):
     description = "SMB/CIFS share (Windows, Samba, NAS)"
     url_form = "smb:<share>[/<path>]"
     parameters = (
-        Parameter("smb_host", "Server host name or IP address", required=True,
-                  pattern=HOSTNAME, max_length=253),
-        Parameter("smb_user", "User name", required=True, pattern=r"[^\s/\\\[\]:;|=,+*?<>\"]{1,256}"),
-        Parameter("smb_pass", "Password (stored rclone-obscured)", required=True, secret=True,
-                  obscured=True),
-        Parameter("smb_domain", "Domain or workgroup (default WORKGROUP)",
-                  pattern=r"[A-Za-z0-9._-]{0,64}"),
+        Parameter(
+            "smb_host",
+            "Server host name or IP address",
+            required=True,
+            pattern=HOSTNAME,
+            max_length=253,
+        ),
+        Parameter(
+            "smb_user", "User name", required=True, pattern=r"[^\s/\\\[\]:;|=,+*?<>\"]{1,256}"
+        ),
+        Parameter(
+            "smb_pass",
+            "Password (stored rclone-obscured)",
+            required=True,
+            secret=True,
+            obscured=True,
+        ),
+        Parameter(
+            "smb_domain", "Domain or workgroup (default WORKGROUP)", pattern=r"[A-Za-z0-9._-]{0,64}"
+        ),
         Parameter("smb_port", "TCP port (default 445)", pattern=r"[0-9]{1,5}"),
     )
 
     def parse_url(self, url: str, params: Mapping[str, str]) -> dict[str, str]:
         if not url.startswith("smb:"):
             raise UrlError("must start with 'smb:'")
-        share, path = split_container_path(url[4:].lstrip("/"), r"[^\s/\\\[\]:;|=,+*?<>\"]{1,80}",
-                                           "share")
+        share, path = split_container_path(
+            url[4:].lstrip("/"), r"[^\s/\\\[\]:;|=,+*?<>\"]{1,80}", "share"
+        )
         port = params.get("smb_port", "")
         if port and not 0 < int(port) < 65536:
             raise UrlError(f"smb_port {port} is out of range")

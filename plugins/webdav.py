@@ -16,8 +16,16 @@ from nsbackup.obscure import RevealError, obscure, reveal
 from nsbackup.provider import BaseProvider, Provider, UrlError, parse_http_url
 from nsbackup.secret import Secret
 
-VENDORS = ("other", "nextcloud", "owncloud", "infinitescale", "sharepoint", "sharepoint-ntlm",
-           "rclone", "fastmail")
+VENDORS = (
+    "other",
+    "nextcloud",
+    "owncloud",
+    "infinitescale",
+    "sharepoint",
+    "sharepoint-ntlm",
+    "rclone",
+    "fastmail",
+)
 
 
 class WebdavProvider(BaseProvider):
@@ -26,10 +34,12 @@ class WebdavProvider(BaseProvider):
     url_form = "webdav:http(s)://<host>[:<port>][/<path>]"
     parameters = (
         Parameter("webdav_user", "User name", pattern=r"[^\s:]{1,256}"),
-        Parameter("webdav_pass", "Password (stored rclone-obscured)", secret=True,
-                  obscured=True),
-        Parameter("webdav_vendor", f"Server kind: {', '.join(VENDORS)} (default other)",
-                  pattern="|".join(VENDORS)),
+        Parameter("webdav_pass", "Password (stored rclone-obscured)", secret=True, obscured=True),
+        Parameter(
+            "webdav_vendor",
+            f"Server kind: {', '.join(VENDORS)} (default other)",
+            pattern="|".join(VENDORS),
+        ),
     )
 
     def parse_url(self, url: str, params: Mapping[str, str]) -> dict[str, str]:

@@ -23,8 +23,16 @@ def test_round_trip(text: str) -> None:
     assert reveal(obscure(text)) == text
 
 
-@pytest.mark.parametrize("bad", ["", "abc", "a b c d e f g h i j k l m n", "YCNNJ_5NenMsPtfHmfxt9yb08zGnuA=",
-                                 "!!!!!!!!!!!!!!!!!!!!!!!!!!"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "abc",
+        "a b c d e f g h i j k l m n",
+        "YCNNJ_5NenMsPtfHmfxt9yb08zGnuA=",
+        "!!!!!!!!!!!!!!!!!!!!!!!!!!",
+    ],
+)
 def test_reveal_refuses_non_obscured(bad: str) -> None:
     with pytest.raises(RevealError):
         reveal(bad)

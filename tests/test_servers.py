@@ -188,6 +188,23 @@ def test_death_is_reported_on_stop(tmp_path: Path) -> None:
     assert server.proc is None
 
 
+def test_port_taken_meanwhile_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.servers as servers
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy])
+        real_free_port = servers.free_port
+        monkeypatch.setattr(
+            servers, "free_port", lambda host: next(ports, None) or real_free_port(host)
+        )
+        with RcloneS3Server(tmp_path / "root", S3_KEY, S3_SECRET) as server:
+            assert server.port != busy
+            assert "address already in use" in server.log_text()
+
+
 def test_wait_for_has_a_deadline() -> None:
     start = time.monotonic()
     with pytest.raises(ServerError, match="timed out"):
