@@ -16,11 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from nsbackup import __version__, destinations
+from nsbackup.destinations import DestinationService
 from nsbackup.errors import NsbackupError, ValidationFailed
 from nsbackup.model import DestinationRequest, FieldError
 from nsbackup.obscure import RevealError, obscure, reveal
 from nsbackup.plugins import PluginHost, load_plugins
+from nsbackup.schedules import ScheduleService
 from nsbackup.secret import install_redaction
+from nsbackup.store import Store, connect
 
 log = logging.getLogger("nsbackup")
 
@@ -42,6 +45,7 @@ class Context:
         self.out = out
         self.err = err
         self._host: PluginHost | None = None
+        self._store: Store | None = None
 
     @property
     def json(self) -> bool:
@@ -54,6 +58,21 @@ class Context:
             for failure in self._host.failures:
                 print(f"warning: {failure}", file=self.err)
         return self._host
+
+    @property
+    def store(self) -> Store:
+        """Reads from ``--redis`` (e.g. the local replica), writes to ``--redis-leader``."""
+        if self._store is None:
+            reader = connect(self.args.redis)
+            leader = self.args.redis_leader
+            writer = connect(leader) if leader and leader != self.args.redis else reader
+            self._store = Store(reader, writer)
+        return self._store
+
+    def destinations(self) -> DestinationService:
+        return DestinationService(
+            self.store, self.host, node_id=self.args.node, repo_dir=self.args.repo_dir
+        )
 
     def emit(self, data: Any, text: str | None = None) -> None:
         """Print ``data`` as JSON with ``--json``, else ``text`` (or JSON when no text)."""
@@ -165,6 +184,83 @@ def cmd_destination_render(ctx: Context) -> int:
     return 0
 
 
+def cmd_destination_add(ctx: Context) -> int:
+    result = ctx.destinations().add(read_data(ctx.args.data, sys.stdin))
+    ctx.emit(result, f"{result['id']}")  # the Restic password only in --json output
+    return 0
+
+
+def cmd_destination_alter(ctx: Context) -> int:
+    ctx.destinations().alter(read_data(ctx.args.data, sys.stdin))
+    ctx.emit({}, "")
+    return 0
+
+
+def cmd_destination_remove(ctx: Context) -> int:
+    result = ctx.destinations().remove(ctx.args.id)
+    ctx.emit(
+        result,
+        f"removed {result['id']}"
+        + (
+            f" and backups {', '.join(map(str, result['removed_backups']))}"
+            if result["removed_backups"]
+            else ""
+        ),
+    )
+    return 0
+
+
+def cmd_destination_list(ctx: Context) -> int:
+    result = ctx.destinations().list(show_secrets=ctx.args.show_secrets)
+    lines = [
+        f"{r['id']}  {r['provider']:<10} {r['name']}  ({r['url']})" for r in result["repositories"]
+    ]
+    ctx.emit(result, "\n".join(lines) if lines else "no destinations")
+    return 0
+
+
+def cmd_destination_validate(ctx: Context) -> int:
+    result = ctx.destinations().validate_request(read_data(ctx.args.data, sys.stdin))
+    ok = [n["node_id"] for n in result["nodes"] if n["ok"]]
+    ctx.emit(result, f"{result['id']}: usable from node(s) {', '.join(ok)}")
+    return 0
+
+
+def cmd_backup_add(ctx: Context) -> int:
+    bid = ScheduleService(ctx.store).add(read_data(ctx.args.data, sys.stdin))
+    ctx.emit(bid, str(bid))
+    return 0
+
+
+def cmd_backup_alter(ctx: Context) -> int:
+    ScheduleService(ctx.store).alter(read_data(ctx.args.data, sys.stdin))
+    ctx.emit({}, "")
+    return 0
+
+
+def cmd_backup_remove(ctx: Context) -> int:
+    ScheduleService(ctx.store).remove(ctx.args.id)
+    ctx.emit({"id": ctx.args.id}, f"removed backup {ctx.args.id}")
+    return 0
+
+
+def cmd_backup_list(ctx: Context) -> int:
+    result = ScheduleService(ctx.store).list()
+    lines = []
+    for b in result["backups"]:
+        state = "enabled" if b["enabled"] else "disabled"
+        lines.append(
+            f"{b['id']}  {b['name']}  -> {b['repository']}  {b['schedule']}  "
+            f"keep {b['retention']}  {state}"
+        )
+        for item in b["instances"]:
+            status = item["status"]
+            shown = "never run" if status is None else ("ok" if status["success"] else "FAILED")
+            lines.append(f"    {item['module_id']:<20} {shown}")
+    ctx.emit(result, "\n".join(lines) if lines else "no backups")
+    return 0
+
+
 def _secret_argument(ctx: Context) -> str:
     text: str = ctx.args.text
     if text == "-":
@@ -201,7 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="Redis URL (default $NSBACKUP_REDIS_URL or redis://127.0.0.1:6379/0)",
     )
     parser.add_argument(
+        "--redis-leader",
+        default=os.environ.get("NSBACKUP_REDIS_LEADER_URL"),
+        help="Redis URL for writes (default $NSBACKUP_REDIS_LEADER_URL, else the --redis URL)",
+    )
+    parser.add_argument(
         "--node", default=os.environ.get("NODE_ID"), help="this node's id (default $NODE_ID)"
+    )
+    parser.add_argument(
+        "--repo-dir",
+        default=os.environ.get("NSBACKUP_REPO_DIR", destinations.DEFAULT_REPO_DIR),
+        help="local disk served for node-hosted (cluster) destinations ($NSBACKUP_REPO_DIR)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("-v", "--verbose", action="count", default=0)
@@ -227,6 +333,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("--data", required=True, help="request JSON, @FILE or - (stdin)")
     render.add_argument("--show-secrets", action="store_true", help="show secret values")
+    for name, func, what in (
+        (
+            "add",
+            cmd_destination_add,
+            "validate on the nodes, then save; prints id (and password with --json)",
+        ),
+        ("alter", cmd_destination_alter, "alter; an empty secret keeps the stored one"),
+        ("validate", cmd_destination_validate, "validation only, nothing saved"),
+    ):
+        p = command(dest_sub, name, func, what)
+        p.add_argument("--data", required=True, help="request JSON, @FILE or - (stdin)")
+    p = command(
+        dest_sub,
+        "remove",
+        cmd_destination_remove,
+        "remove a destination and the backups that use it",
+    )
+    p.add_argument("id", metavar="ID")
+    p = command(dest_sub, "list", cmd_destination_list, "destinations, without secrets")
+    p.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="include secrets and Restic passwords (node-privileged users only)",
+    )
+
+    backup = groups.add_parser("backup", help="backup schedules")
+    backup_sub = backup.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    backup_sub.required = True
+    for name, func, what in (
+        ("add", cmd_backup_add, "add a schedule; prints its id"),
+        ("alter", cmd_backup_alter, "alter a schedule (its destination cannot change)"),
+    ):
+        p = command(backup_sub, name, func, what)
+        p.add_argument("--data", required=True, help="request JSON, @FILE or - (stdin)")
+    p = command(backup_sub, "remove", cmd_backup_remove, "remove a schedule")
+    p.add_argument("id", metavar="ID", type=int)
+    command(backup_sub, "list", cmd_backup_list, "schedules with per-module status")
 
     rc = groups.add_parser("rclone", help="rclone-compatible helpers")
     rc_sub = rc.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -7,21 +7,33 @@ Pure: no Redis, no network. The Redis-backed service (add/alter/remove/list) bui
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
+
 from nsbackup import ini
-from nsbackup.errors import NsbackupError, PluginError, ValidationFailed
+from nsbackup.errors import Conflict, NsbackupError, PluginError, Unreachable, ValidationFailed
 from nsbackup.model import (
+    ClusterState,
+    Destination,
     DestinationRequest,
     FieldError,
+    NodeValidation,
     PreparedDestination,
     StoredDestination,
     field_error,
 )
 from nsbackup.plugins import PluginHost
-from nsbackup.secret import REDACTED, Secret
+from nsbackup.probe import most_important, probe
+from nsbackup.secret import REDACTED, Secret, redacting_filter
+from nsbackup.store import Store
+
+DEFAULT_REPO_DIR = "/var/lib/nsbackup/repo"
+DEFAULT_PASSPHRASE_FILE = "/var/lib/nethserver/cluster/state/backup/passphrase"
 
 
 def destination_uuid(provider: str, identity: Mapping[str, str]) -> str:
@@ -75,6 +87,9 @@ def prepare(
         section = dict(provider.rclone_section(validated))
         basepath = provider.basepath(validated)
         public_basepath = provider.public_basepath(validated)
+        # Optional provider method: the address of the node hosting the data.
+        hosting = getattr(provider, "hosting_address", None)
+        hosted_at = hosting(validated) if callable(hosting) else None
         if request.name:
             name = request.name
         elif request.name is None and previous is not None:
@@ -122,6 +137,7 @@ def prepare(
         public_basepath=public_basepath,
         section=section,
         rclone_conf=text,
+        hosted_at=hosted_at,
     )
 
 
@@ -170,3 +186,191 @@ def stored_destination(uid: str, public: Mapping[str, str], rclone_conf: str) ->
         basepath=public.get("basepath", ""),
         section=section,
     )
+
+
+# -- the service behind `nsbackup destination add|alter|remove|list|validate` -----------------
+
+
+class DestinationService:
+    """Destinations in Redis, with NS8's payloads and outputs (ref §2.8-2.12).
+
+    ``node_id`` is the local node; ``repo_dir`` the directory its gateway serves for
+    node-hosted (``cluster``) destinations; ``passphrase_file`` the cluster dump passphrase
+    (reported as ``password_exists`` by :meth:`list`).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        host: PluginHost,
+        *,
+        node_id: str | None = None,
+        repo_dir: str = DEFAULT_REPO_DIR,
+        passphrase_file: str = DEFAULT_PASSPHRASE_FILE,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.node_id = node_id
+        self.repo_dir = repo_dir
+        self.passphrase_file = passphrase_file
+
+    # -- validation -----------------------------------------------------------------------
+    def _validation_plan(
+        self, prepared: PreparedDestination, state: ClusterState
+    ) -> tuple[list[str], str | None]:
+        """The nodes that must be able to reach the destination, and a base path override."""
+        if prepared.hosted_at is None:
+            nodes = list(state.nodes) or [self.node_id or "local"]
+            return nodes, None
+        hosts = [n.id for n in state.nodes.values() if n.vpn_ip == prepared.hosted_at]
+        if len(hosts) != 1:
+            raise ValidationFailed(
+                [
+                    field_error(
+                        "url",
+                        "url",
+                        prepared.url,
+                        "backup_repository_not_accessible",
+                        f"no node has the address {prepared.hosted_at}"
+                        if not hosts
+                        else f"nodes {', '.join(hosts)} share the address {prepared.hosted_at}",
+                    )
+                ]
+            )
+        return hosts, self.repo_dir
+
+    def validate(
+        self, prepared: PreparedDestination, state: ClusterState | None = None
+    ) -> list[NodeValidation]:
+        """Probe ``prepared`` from the nodes that use it; raise :class:`ValidationFailed` with
+        NS8's reason when none succeeds."""
+        state = state or self.store.load()
+        nodes, basepath = self._validation_plan(prepared, state)
+        results = self.host.pm.hook.nsbackup_validate_destination(
+            prepared=prepared, node_ids=nodes, basepath=basepath
+        )
+        if results is None:
+            results = [self._probe_locally(prepared, nodes, basepath)]
+        results = list(results)
+        if not any(r.ok for r in results):
+            reason = most_important(r.reason or "" for r in results)
+            details = "; ".join(
+                f"node {r.node_id}: {r.reason}" + (f" ({r.detail[-200:]})" if r.detail else "")
+                for r in results
+            )
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "parameters", "parameters", {}, reason, f"destination not usable: {details}"
+                    )
+                ]
+            )
+        return results
+
+    def _probe_locally(
+        self, prepared: PreparedDestination, nodes: Sequence[str], basepath: str | None
+    ) -> NodeValidation:
+        local = self.node_id or "local"
+        if basepath is not None and self.node_id not in nodes:
+            return NodeValidation(
+                local,
+                False,
+                "backup_repository_not_accessible",
+                f"the data is hosted by node {', '.join(nodes)}; validate "
+                "there (or install a validation plugin that fans out)",
+            )
+        result = probe(prepared, basepath)
+        return NodeValidation(local, result.ok, result.reason, result.detail)
+
+    # -- commands -------------------------------------------------------------------------
+    def validate_request(self, payload: Any) -> dict[str, Any]:
+        """``destination validate``: validation only, nothing saved."""
+        prepared = prepare(self.host, DestinationRequest.from_payload(payload))
+        results = self.validate(prepared)
+        return {"id": prepared.id, "nodes": [attrs.asdict(r) for r in results]}
+
+    def add(self, payload: Any) -> dict[str, str]:
+        """Validate on the nodes, then save in one transaction; ``{"id", "password"}``."""
+        request = DestinationRequest.from_payload(payload)
+        prepared = prepare(self.host, request)
+        if self.store.destination_exists(prepared.id):
+            raise _exists(prepared.id)
+        self.validate(prepared)
+        password = request.password.reveal() if request.password else secrets.token_hex(32)
+        try:
+            self.store.add_destination(prepared, password)
+        except Conflict:
+            raise _exists(prepared.id) from None
+        redacting_filter.add(password)
+        return {"id": prepared.id, "password": password}
+
+    def alter(self, payload: Any) -> None:
+        request = DestinationRequest.from_payload(payload, alter=True)
+        assert request.id is not None
+        stored = self._stored(request.id)
+        prepared = prepare(self.host, request, stored)
+        self.validate(prepared)
+        self.store.alter_destination(prepared)
+
+    def remove(self, uid: str) -> dict[str, Any]:
+        state = self.store.load()
+        if uid not in state.destinations:
+            raise _not_found(uid)
+        schedules = sorted(b.id for b in state.schedules.values() if b.repository == uid)
+        self.store.remove_destination(uid, schedules, state.nodes)
+        return {"id": uid, "removed_backups": schedules}
+
+    def list(self, *, show_secrets: bool = False) -> dict[str, Any]:
+        """NS8's list-backup-repositories output; secrets only with ``show_secrets`` and a
+        reader allowed to see them."""
+        state = self.store.load()
+        if show_secrets and not state.privileged:
+            raise Unreachable(
+                "permission denied: showing secrets needs a node-privileged Redis user"
+            )
+        items = []
+        for dest in state.destinations.values():
+            item: dict[str, Any] = {
+                "id": dest.id,
+                "provider": dest.provider,
+                "name": dest.name,
+                "url": dest.url,
+                "basepath": dest.basepath,
+                "parameters": self._parameters(dest, hide_secrets=not show_secrets),
+            }
+            if show_secrets:
+                item["password"] = dest.restic_password.reveal() if dest.restic_password else ""
+            items.append(item)
+        return {"repositories": items, "password_exists": _non_empty(self.passphrase_file)}
+
+    def _parameters(self, dest: Destination, *, hide_secrets: bool) -> dict[str, str]:
+        provider = self.host.providers.get(dest.provider)
+        if provider is None or dest.rclone_conf is None:
+            return {}
+        stored = stored_destination(dest.id, dest.public(), dest.rclone_conf)
+        return provider.parameters_from_section(stored.section, hide_secrets)
+
+    def _stored(self, uid: str) -> StoredDestination:
+        dest = self.store.read_destination(uid)
+        if dest is None or dest.rclone_conf is None:
+            raise _not_found(uid)
+        return stored_destination(uid, dest.public(), dest.rclone_conf)
+
+
+def _exists(uid: str) -> ValidationFailed:
+    return ValidationFailed(
+        [FieldError("", "", "", "backup_repository_exists", f"destination {uid} exists already")]
+    )
+
+
+def _not_found(uid: str) -> ValidationFailed:
+    return ValidationFailed(
+        [FieldError("id", "id", uid, "backup_repository_not_found", f"destination {uid} not found")]
+    )
+
+
+def _non_empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) > 0
+    except OSError:
+        return False

@@ -8,12 +8,13 @@ records which plugin owns it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
+    from nsbackup.model import NodeValidation, PreparedDestination
     from nsbackup.plugins import Lookups, MetricSink, Renderer, S3Vendor
     from nsbackup.provider import Provider
 
@@ -51,4 +52,20 @@ def nsbackup_s3_vendor(host: str, parameters: Mapping[str, str]) -> S3Vendor | N
     rclone section, or ``None`` to let the next plugin decide. The first non-``None`` answer
     wins; plugins registered later are asked first, and the built-in NS8 vendor table answers
     last (its fallback is ``provider = Other``).
+    """
+
+
+@hookspec(firstresult=True)
+def nsbackup_validate_destination(
+    prepared: PreparedDestination, node_ids: Sequence[str], basepath: str | None
+) -> Sequence[NodeValidation] | None:
+    """Validate a destination on the given nodes and return one result per node.
+
+    By default nsbackup probes the destination from the local node only. A host platform that
+    can run a task on other nodes (NS8 runs ``validate-backup-destination`` on each) answers
+    here; the destination is accepted when at least one node succeeds, otherwise the most
+    important reason is reported (``no_write_permission`` > ``no_delete_permission`` >
+    ``no_read_permission`` > ``backup_repository_not_accessible``). ``basepath`` overrides the
+    provider's base path for node-hosted destinations (the serving node's repository
+    directory). Return ``None`` to let nsbackup probe locally.
     """

@@ -220,6 +220,8 @@ class PreparedDestination:
     public_basepath: str
     section: Mapping[str, str]  # secret values are Secret instances
     rclone_conf: str = attrs.field(repr=False)  # holds secrets
+    hosted_at: str | None = None
+    """Address of the node that hosts the data (``cluster`` provider), else None."""
 
     def public(self) -> dict[str, str]:
         """The public hash ``cluster/backup_repository/<id>`` (no secrets)."""
@@ -229,3 +231,99 @@ class PreparedDestination:
             "provider": self.provider,
             "basepath": self.public_basepath,
         }
+
+
+# -- cluster state (one consistent snapshot read from Redis) --------------------------------
+
+
+@attrs.frozen
+class Destination:
+    """A stored destination. ``rclone_conf`` and ``restic_password`` are ``None`` when the
+    reader may not see secrets."""
+
+    id: str
+    provider: str
+    url: str
+    name: str
+    basepath: str
+    rclone_conf: str | None = attrs.field(default=None, repr=False)
+    restic_password: Secret | None = attrs.field(default=None, repr=False)
+
+    def public(self) -> dict[str, str]:
+        return {
+            "url": self.url,
+            "name": self.name,
+            "provider": self.provider,
+            "basepath": self.basepath,
+        }
+
+
+@attrs.frozen
+class Schedule:
+    """``cluster/backup/<id>``."""
+
+    id: int
+    name: str
+    repository: str
+    schedule: str
+    retention: int
+    enabled: bool
+    instances: tuple[str, ...] = ()
+    uinstances: tuple[str, ...] = ()
+    schedule_hint: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Module:
+    id: str
+    uuid: str
+    node: str
+    ui_name: str = ""
+    image_url: str = ""
+    flags: frozenset[str] = frozenset()
+
+    @property
+    def app(self) -> str:
+        """The application type: the module id without its trailing digits (``mail1`` →
+        ``mail``). One canonical rule for repository paths and gateway authorisation (NS8
+        mixed it with the image name, ref §3.7)."""
+        return self.id.rstrip("0123456789") or self.id
+
+    @property
+    def repository_path(self) -> str:
+        return f"{self.app}/{self.uuid}"
+
+
+@attrs.frozen
+class Node:
+    id: str
+    vpn_ip: str = ""
+
+
+@attrs.frozen
+class ClusterState:
+    """An immutable snapshot of everything nsbackup reads from Redis, loaded in a constant
+    number of round trips. ``privileged`` says whether secrets could be read."""
+
+    destinations: Mapping[str, Destination]
+    schedules: Mapping[int, Schedule]
+    modules: Mapping[str, Module]
+    nodes: Mapping[str, Node]
+    leader: str = ""
+    network: str = ""
+    cluster_uuid: str = ""
+    acls: tuple[str, ...] = ()
+    restore_grants: Mapping[str, str] = attrs.field(factory=dict)
+    statuses: Mapping[tuple[str, int], Mapping[str, Any]] = attrs.field(factory=dict)
+    privileged: bool = False
+    sequence: int = 0
+
+
+@attrs.frozen
+class NodeValidation:
+    """The result of probing a destination from one node."""
+
+    node_id: str
+    ok: bool
+    reason: str | None = None
+    detail: str = ""

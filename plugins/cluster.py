@@ -28,6 +28,10 @@ class ClusterProvider(BaseProvider):
             raise UrlError("must be webdav:http://<node address>:<port>")
         return {"host": host, "port": port, "basepath": ""}
 
+    def hosting_address(self, validated: ValidatedDestination) -> str:
+        """The VPN address of the node whose disk holds the data."""
+        return validated.details["host"]
+
     def rclone_section(self, validated: ValidatedDestination) -> Mapping[str, str]:
         return {"type": "local"}
 
