@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nsbackup.schedules import ScheduleService  # noqa: E402
-from nsbackup.store import Store  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
+from nsbackup.schedules import ScheduleService
+from nsbackup.store import Store
+from tests.redis_server import RedisServer
 
 
 def build(client, nodes: int, modules: int, destinations: int, schedules: int) -> None:  # type: ignore[no-untyped-def]
@@ -36,23 +36,43 @@ def build(client, nodes: int, modules: int, destinations: int, schedules: int) -
         pipe.set(f"module/{mid}/ui_name", f"App {i}")
     dests = [str(uuid.uuid4()) for _ in range(destinations)]
     for d in dests:
-        pipe.hset(f"cluster/backup_repository/{d}",
-                  mapping={"url": f"b2:b-{d[:8]}", "name": d[:8], "provider": "backblaze",
-                           "basepath": ""})
-        pipe.hset("private/nodes/backup_destination/rclone_conf", d,
-                  f"[{d}]\ntype = b2\naccount = a\nkey = k\n")
+        pipe.hset(
+            f"cluster/backup_repository/{d}",
+            mapping={
+                "url": f"b2:b-{d[:8]}",
+                "name": d[:8],
+                "provider": "backblaze",
+                "basepath": "",
+            },
+        )
+        pipe.hset(
+            "private/nodes/backup_destination/rclone_conf",
+            d,
+            f"[{d}]\ntype = b2\naccount = a\nkey = k\n",
+        )
         pipe.hset("private/agents/backup_destination/restic_password", d, "p" * 64)
     per = max(1, modules // schedules)
     for b in range(1, schedules + 1):
-        members = mids[(b - 1) * per:b * per]
-        pipe.hset(f"cluster/backup/{b}", mapping={
-            "name": f"B{b}", "repository": dests[b % destinations], "schedule": "daily",
-            "schedule_hint": "{}", "retention": "3", "enabled": "1",
-            "instances": " ".join(members)})
+        members = mids[(b - 1) * per : b * per]
+        pipe.hset(
+            f"cluster/backup/{b}",
+            mapping={
+                "name": f"B{b}",
+                "repository": dests[b % destinations],
+                "schedule": "daily",
+                "schedule_hint": "{}",
+                "retention": "3",
+                "enabled": "1",
+                "instances": " ".join(members),
+            },
+        )
         for mid in members:
             node = mids.index(mid) % nodes + 1 if modules < 2000 else int(mid[3:]) % nodes + 1
-            pipe.hset(f"node/{node}/backup_status/{b}", mid,
-                      json.dumps({"start": 1, "end": 2, "errors": 0}))
+            pipe.hset(
+                f"node/{node}/backup_status/{b}",
+                mid,
+                json.dumps({"start": 1, "end": 2, "errors": 0}),
+            )
     pipe.set("cluster/backup_sequence", str(schedules))
     pipe.execute()
 
@@ -82,14 +102,20 @@ def main() -> None:
                 "snapshot+status": measure(store, lambda s=store: s.load(statuses=True)),
                 "backup list": measure(store, service.list),
             }
-    print(f"{'operation':<18} {'small: trips':>12} {'time':>9} {'large: trips':>13} "
-          f"{'time':>9} {'time ratio':>10}")
+    print(
+        f"{'operation':<18} {'small: trips':>12} {'time':>9} {'large: trips':>13} "
+        f"{'time':>9} {'time ratio':>10}"
+    )
     for op in rows["small"]:
         (st, stime), (lt, ltime) = rows["small"][op], rows["large"][op]
-        print(f"{op:<18} {st:>12} {stime * 1000:>7.1f}ms {lt:>13} {ltime * 1000:>7.1f}ms "
-              f"{ltime / stime:>9.1f}x")
-    print("large = 30 nodes, 10,000 modules, 200 destinations, 100 schedules; "
-          "small = 3 nodes, 20 modules, 2 destinations, 2 schedules")
+        print(
+            f"{op:<18} {st:>12} {stime * 1000:>7.1f}ms {lt:>13} {ltime * 1000:>7.1f}ms "
+            f"{ltime / stime:>9.1f}x"
+        )
+    print(
+        "large = 30 nodes, 10,000 modules, 200 destinations, 100 schedules; "
+        "small = 3 nodes, 20 modules, 2 destinations, 2 schedules"
+    )
 
 
 if __name__ == "__main__":

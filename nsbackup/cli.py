@@ -54,9 +54,7 @@ class Context:
     @property
     def host(self) -> PluginHost:
         if self._host is None:
-            self._host = load_plugins()
-            for failure in self._host.failures:
-                print(f"warning: {failure}", file=self.err)
+            self._host = load_plugins()  # failures are logged (stderr) by the loader
         return self._host
 
     @property
@@ -314,8 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="GROUP", parser_class=_Parser)
     groups.required = True
 
+    # --json and -v are accepted after the command too (`nsbackup plugins --json`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+
     def command(sub: Any, name: str, func: Callable[[Context], int], help_: str) -> Any:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
         p.set_defaults(func=func)
         return p
 
@@ -395,7 +400,7 @@ def main(
     out = out or sys.stdout
     err = err or sys.stderr
     handler = logging.StreamHandler(err)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     install_redaction(root)

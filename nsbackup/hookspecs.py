@@ -35,12 +35,21 @@ def nsbackup_register_providers(register: Callable[[Provider], None], lookups: L
 
 @hookspec
 def nsbackup_register_renderers(register: Callable[[Renderer], None]) -> None:
-    """Register gateway configuration renderers: ``register(renderer)`` once per file."""
+    """Register gateway configuration renderers: ``register(renderer)`` once per file.
+
+    A renderer is a pure function of the render context (one cluster snapshot, the local node
+    id and the gateway settings) returning the text of one file; files marked ``secret`` are
+    written with mode 0600.
+    """
 
 
 @hookspec
 def nsbackup_register_metric_sinks(register: Callable[[MetricSink], None]) -> None:
-    """Register metric sinks: ``register(sink)``; sinks receive one report per run."""
+    """Register metric sinks: ``register(sink)`` once per sink.
+
+    Each sink receives one report per run. A sink must not raise: nsbackup catches, logs and
+    counts its failures so that a broken sink never fails a backup.
+    """
 
 
 @hookspec(firstresult=True)

@@ -41,10 +41,16 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 class Renderer(Protocol):
     """Renders one gateway file from a render context (a cluster snapshot + node settings)."""
 
-    name: str
-    filename: str
-    secret: bool
-    """True when the file holds secrets: it is then written with mode 0600."""
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def secret(self) -> bool:
+        """True when the file holds secrets: it is then written with mode 0600."""
+        ...
 
     def render(self, context: Any) -> str: ...
 
@@ -53,7 +59,8 @@ class Renderer(Protocol):
 class MetricSink(Protocol):
     """Receives the report of each run. Must not raise; the core catches, logs and counts."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def record(self, report: Any) -> None: ...
 
@@ -278,8 +285,13 @@ def _check_item(kind: str, item: Any) -> None:
 
 
 def _missing(item: Any, protocol: type) -> str:
-    attrs_ = [a for a in getattr(protocol, "__protocol_attrs__", ()) if not hasattr(item, a)]
-    return ", ".join(sorted(attrs_)) or "a compatible signature"
+    members = getattr(protocol, "__protocol_attrs__", None)  # Python >= 3.12
+    if members is None:
+        members = set(getattr(protocol, "__annotations__", {})) | {
+            name for name in vars(protocol) if not name.startswith("_")
+        }
+    missing = [a for a in members if not hasattr(item, a)]
+    return ", ".join(sorted(missing)) or "a compatible signature"
 
 
 def disabled_plugins(environ: Mapping[str, str] | None = None) -> set[str]:

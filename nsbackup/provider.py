@@ -33,12 +33,22 @@ PROVIDER_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
 class Provider(Protocol):
     """What a destination provider plugin must offer (see docs/plugins.md)."""
 
-    name: str
-    """Provider name as stored in ``cluster/backup_repository/<uuid>`` (``provider`` field)."""
-    description: str
-    url_form: str
-    """The URL form users write, e.g. ``b2:<bucket>[/<path>]``."""
-    parameters: Sequence[Parameter]
+    # Read-only members, so that class attributes (as in BaseProvider) satisfy them too.
+    @property
+    def name(self) -> str:
+        """Provider name as stored in ``cluster/backup_repository/<uuid>`` (``provider``)."""
+        ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def url_form(self) -> str:
+        """The URL form users write, e.g. ``b2:<bucket>[/<path>]``."""
+        ...
+
+    @property
+    def parameters(self) -> Sequence[Parameter]: ...
 
     def validate(
         self, request: DestinationRequest, previous: StoredDestination | None

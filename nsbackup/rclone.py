@@ -123,6 +123,8 @@ class BackendOption:
             return "it runs a command on the node"
         if name in ("set_env", "env_auth"):
             return "it takes settings or credentials from the node's environment"
+        if name == "pin_host_key" or "first connection" in first_line:
+            return "it makes rclone write to its configuration file"
         if name.endswith(("_file", "_path", "_socket", "_dir")):
             return "it names a file on the node"
         if re.search(r"\b(path to|command to run|directory to|directory for)\b", first_line):

@@ -5,6 +5,8 @@ exist for the backend; options that run a command, name a file on the node or re
 node's environment are refused; ``IsPassword`` options must be rclone-obscured. Wrapping and
 local backends (``local``, ``alias``, ``combine``, ``union``, ``crypt``, ...) are never
 allowed; ``NSBACKUP_RCLONE_EXTRA_TYPES=type,...`` adds storage backends to the allow-list.
+An ``sftp`` section without ``shell_type`` gets ``shell_type = none`` so that rclone never
+writes into its configuration file.
 """
 
 from __future__ import annotations
@@ -289,6 +291,10 @@ class RcloneProvider(BaseProvider):
                 )
                 continue
             section[key] = Secret(value) if option.secret else value
+        if backend_type == "sftp" and "shell_type" not in section:
+            # Otherwise rclone probes the server's shell and writes the answer back into its
+            # configuration file (which nsbackup generates and must not see rewritten).
+            section["shell_type"] = "none"
         return section
 
     def rclone_section(self, validated: ValidatedDestination) -> Mapping[str, str]:

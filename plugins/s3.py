@@ -96,8 +96,8 @@ class GenericS3Provider(BaseProvider):
     def parse_url(self, url: str, params: Mapping[str, str]) -> dict[str, str]:
         if not url.startswith("s3:"):
             raise UrlError("must start with 's3:'")
-        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url[3:])
-        prefix = scheme.group(0).lower() if scheme else ""
+        given = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url[3:])
+        prefix = given.group(0).lower() if given else ""
         endpoint, sep, rest = url[3 + len(prefix) :].partition("/")
         if not sep:
             raise UrlError("bucket is missing")

@@ -5,7 +5,7 @@ waits until it is usable, keeps its output in a log file inside a private
 temporary directory and stops it without leaving processes behind.  Use
 them as context managers or call ``start()``/``stop()`` explicitly::
 
-    with RcloneS3Server(tmp_path / "s3", "AK", "SK") as s3:
+    with RcloneS3Server(tmp_path / "s3", "nsbkey", "nsbsecret") as s3:
         ...  # s3.endpoint, s3.access_key, s3.secret_key
 
 A missing component raises :class:`MissingComponent` (tests FAIL, never
@@ -61,6 +61,8 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 POLL_INTERVAL = 0.05
 LOG_TAIL_LINES = 40
+# Set this variable to keep each server's temp dir (config, log) after stop.
+KEEP_DIRS_ENV = "NSB_KEEP_SERVER_DIRS"
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = (
@@ -209,6 +211,16 @@ def _log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _read_from(path: Path, offset: int) -> str:
+    """Return the text of *path* after byte *offset* ("" if missing)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _pid_gone(pid: int) -> bool:
     """Return True if *pid* no longer exists or is a zombie."""
     try:
@@ -288,18 +300,22 @@ class _ServerProcess:
         self.log_path = self.tmpdir / f"{self.name}.log"
         for attempt in range(1, self.start_attempts + 1):
             self.port = free_port(self.host)
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             try:
                 self._launch()
                 self._wait_ready()
             except ServerError as exc:
                 log = _log_tail(self.log_path)
                 self._terminate()
-                in_use = "address already in use" in log.lower() or "EADDRINUSE" in log
+                this_try = _read_from(self.log_path, offset)
+                in_use = "address already in use" in this_try.lower() or "EADDRINUSE" in this_try
                 if in_use and attempt < self.start_attempts:
                     continue
+                self._remove_tmpdir()
                 raise ServerError(f"{exc}\n--- log {self.log_path} ---\n{log}") from None
             except BaseException:
                 self._terminate()
+                self._remove_tmpdir()
                 raise
             _RUNNING.add(self)
             return self
@@ -312,14 +328,14 @@ class _ServerProcess:
         died = self.proc.poll()
         log = _log_tail(self.log_path) if self.log_path else ""
         _RUNNING.discard(self)
-        self._terminate()
+        try:
+            self._terminate()
+        finally:
+            self._remove_tmpdir()
         if check and died is not None:
             raise ServerError(
                 f"{self.name} died early with exit code {died}\n--- log {self.log_path} ---\n{log}"
             )
-        if self.tmpdir is not None:
-            shutil.rmtree(self.tmpdir, ignore_errors=True)
-            self.tmpdir = None
 
     def assert_running(self) -> None:
         """Raise :class:`ServerError` with the log tail if the server died."""
@@ -329,8 +345,10 @@ class _ServerProcess:
             raise ServerError(f"{self.name} is not running (exit code {code})\n{tail}")
 
     def log_text(self) -> str:
-        """Return the whole server log."""
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        """Return the whole server log (empty once the server is stopped)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
 
     def __enter__(self) -> Self:
         return self.start()
@@ -362,6 +380,12 @@ class _ServerProcess:
                 env=env,
                 start_new_session=True,
             )
+
+    def _remove_tmpdir(self) -> None:
+        """Delete the temp dir, unless $NSB_KEEP_SERVER_DIRS is set."""
+        if self.tmpdir is not None and not os.environ.get(KEEP_DIRS_ENV):
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+        self.tmpdir = None
 
     def _wait_ready(self) -> None:
         """Poll ``_ready()`` until it holds, the process dies or time runs out."""
@@ -575,6 +599,7 @@ class AzuriteServer(_ServerProcess):
         super().__init__()
         self.account = AZURITE_ACCOUNT
         self.key = AZURITE_KEY
+        find_tool("node")  # azurite-blob is a `#!/usr/bin/env node` script
         self.azurite = find_tool("azurite-blob", AZURITE_FALLBACKS, "AZURITE_BLOB")
 
     @property
@@ -637,6 +662,7 @@ class SambaServer(_ServerProcess):
         self.user = user
         self.password = password
         self.share = share
+        self.auth_file: Path | None = None  # smbclient auth file, in tmpdir
         self.smbd = find_tool("smbd", [Path("/usr/sbin/smbd")])
         self.pdbedit = find_tool("pdbedit", [Path("/usr/bin/pdbedit")])
         self.smbclient = find_tool("smbclient", [Path("/usr/bin/smbclient")])
@@ -695,7 +721,7 @@ class SambaServer(_ServerProcess):
 """
         )
         self.auth_file = tmp / "auth"
-        fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp / "auth", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(f"username = {self.user}\npassword = {self.password}\n")
         # The password goes through stdin, never argv.
@@ -720,7 +746,7 @@ class SambaServer(_ServerProcess):
         ]
 
     def _ready(self) -> bool:
-        if not port_open(self.host, self.port):
+        if self.auth_file is None or not port_open(self.host, self.port):
             return False
         return self.login_works(self.auth_file)
 

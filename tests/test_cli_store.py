@@ -38,32 +38,53 @@ CANARY = "Canary-7q2-SECRET"
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("cli")
     (root / "s3" / "bucket1").mkdir(parents=True)
-    with RcloneWebdavServer(root / "dav", "davuser", CANARY) as dav, \
-            RcloneS3Server(root / "s3", "AKCLI", CANARY) as s3, \
-            AzuriteServer() as azurite, \
-            SambaServer(root / "smb", "smbuser", CANARY) as samba, \
-            RcloneSftpServer(root / "sftp", "sftpuser", CANARY) as sftp:
+    with (
+        RcloneWebdavServer(root / "dav", "davuser", CANARY) as dav,
+        RcloneS3Server(root / "s3", "AKCLI", CANARY) as s3,
+        AzuriteServer() as azurite,
+        SambaServer(root / "smb", "smbuser", CANARY) as samba,
+        RcloneSftpServer(root / "sftp", "sftpuser", CANARY) as sftp,
+    ):
         yield {"dav": dav, "s3": s3, "azurite": azurite, "samba": samba, "sftp": sftp}
 
 
-def nsbackup(server: RedisServer, *args: str, stdin: str = "",
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def nsbackup(
+    server: RedisServer, *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("NSBACKUP_", "REDIS_"))}
-    environ.update({"NSBACKUP_REDIS_URL": f"redis://{server.host}:{server.port}/0",
-                    "REDIS_USER": "cluster", "REDIS_PASSWORD": server.admin_password,
-                    "NODE_ID": "1"})
+    environ.update(
+        {
+            "NSBACKUP_REDIS_URL": f"redis://{server.host}:{server.port}/0",
+            "REDIS_USER": "cluster",
+            "REDIS_PASSWORD": server.admin_password,
+            "NODE_ID": "1",
+        }
+    )
     environ.update(env or {})
-    return subprocess.run([NSBACKUP, *args], input=stdin, capture_output=True, text=True,
-                          env=environ, timeout=120, check=False)
+    return subprocess.run(
+        [NSBACKUP, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+        check=False,
+    )
 
 
-def test_lifecycle_through_the_console_script(redis_db: RedisServer, servers: dict[str, Any],
-                                              tmp_path: Path) -> None:
+def test_lifecycle_through_the_console_script(
+    redis_db: RedisServer, servers: dict[str, Any], tmp_path: Path
+) -> None:
     cluster = redis_db.client()
     seed(cluster)
     dav = servers["dav"]
-    request = {"provider": "webdav", "name": "Offsite", "url": f"webdav:{dav.url}ns8",
-               "password": "", "parameters": {"webdav_user": "davuser", "webdav_pass": CANARY}}
+    request = {
+        "provider": "webdav",
+        "name": "Offsite",
+        "url": f"webdav:{dav.url}ns8",
+        "password": "",
+        "parameters": {"webdav_user": "davuser", "webdav_pass": CANARY},
+    }
     result = nsbackup(redis_db, "destination", "validate", "--data", json.dumps(request))
     assert result.returncode == 0, result.stderr
     assert all_keys(cluster) == all_keys(cluster) and not cluster.keys("cluster/backup_repo*")
@@ -83,20 +104,31 @@ def test_lifecycle_through_the_console_script(redis_db: RedisServer, servers: di
     listed = json.loads(result.stdout)
     assert listed["repositories"][0]["parameters"]["webdav_pass"] == ""
 
-    alter = {"id": added["id"], "provider": "webdav", "name": "Renamed",
-             "parameters": {"webdav_user": "davuser", "webdav_pass": ""}}
+    alter = {
+        "id": added["id"],
+        "provider": "webdav",
+        "name": "Renamed",
+        "parameters": {"webdav_user": "davuser", "webdav_pass": ""},
+    }
     result = nsbackup(redis_db, "destination", "alter", "--data", json.dumps(alter))
     assert result.returncode == 0, result.stderr
     assert cluster.hget(f"cluster/backup_repository/{added['id']}", "name") == "Renamed"
 
-    schedule = {"name": "Nightly", "repository": added["id"], "schedule": "daily",
-                "retention": 3, "instances": ["mail1"], "enabled": True}
+    schedule = {
+        "name": "Nightly",
+        "repository": added["id"],
+        "schedule": "daily",
+        "retention": 3,
+        "instances": ["mail1"],
+        "enabled": True,
+    }
     result = nsbackup(redis_db, "--json", "backup", "add", "--data", json.dumps(schedule))
     assert result.returncode == 0, result.stderr
     bid = json.loads(result.stdout)
     assert bid == 1
-    result = nsbackup(redis_db, "backup", "alter",
-                      "--data", json.dumps({**schedule, "id": bid, "retention": 0}))
+    result = nsbackup(
+        redis_db, "backup", "alter", "--data", json.dumps({**schedule, "id": bid, "retention": 0})
+    )
     assert result.returncode == 2
     assert json.loads(result.stdout)[0]["field"] == "retention"
     result = nsbackup(redis_db, "backup", "list")
@@ -113,8 +145,7 @@ def test_lifecycle_through_the_console_script(redis_db: RedisServer, servers: di
 
 def test_redis_errors_exit_5(redis_db: RedisServer) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"
-    result = nsbackup(redis_db, "--json", "destination", "list",
-                      env={"NSBACKUP_REDIS_URL": dead})
+    result = nsbackup(redis_db, "--json", "destination", "list", env={"NSBACKUP_REDIS_URL": dead})
     assert result.returncode == 5
     assert json.loads(result.stdout)["error"] == "unreachable"
     result = nsbackup(redis_db, "destination", "list", env={"REDIS_PASSWORD": "wrong"})
@@ -124,20 +155,27 @@ def test_redis_errors_exit_5(redis_db: RedisServer) -> None:
 
 def test_module_user_may_not_show_secrets(redis_db: RedisServer) -> None:
     seed(redis_db.client())
-    result = nsbackup(redis_db, "destination", "list", "--show-secrets",
-                      env={"REDIS_USER": "module/mail1", "REDIS_PASSWORD": "mail1-pw"})
+    result = nsbackup(
+        redis_db,
+        "destination",
+        "list",
+        "--show-secrets",
+        env={"REDIS_USER": "module/mail1", "REDIS_PASSWORD": "mail1-pw"},
+    )
     assert result.returncode == 5 and "permission denied" in result.stderr
 
 
 # -- the canary sweep -------------------------------------------------------------------------
+
 
 class AcceptRemoteCloud:
     """Stands in for node fan-out for the two providers whose services cannot run here
     (AWS and B2): every other provider is validated for real."""
 
     @hookimpl
-    def nsbackup_validate_destination(self, prepared: Any, node_ids: Any,
-                                      basepath: Any) -> list[NodeValidation] | None:
+    def nsbackup_validate_destination(
+        self, prepared: Any, node_ids: Any, basepath: Any
+    ) -> list[NodeValidation] | None:
         if prepared.provider in ("aws", "backblaze"):
             return [NodeValidation("1", True)]
         return None
@@ -149,31 +187,64 @@ def canary_requests(servers: dict[str, Any]) -> list[dict[str, Any]]:
     from nsbackup.obscure import obscure
 
     return [
-        {"provider": "aws", "url": "s3:s3.amazonaws.com/canary-bucket",
-         "parameters": {"aws_access_key_id": "AKIA", "aws_secret_access_key": CANARY}},
-        {"provider": "backblaze", "url": "b2:canary-bucket",
-         "parameters": {"b2_account_id": "id", "b2_account_key": CANARY}},
-        {"provider": "generic-s3", "url": f"s3:{s3.endpoint}/bucket1/canary",
-         "parameters": {"aws_access_key_id": s3.access_key, "aws_secret_access_key": CANARY}},
-        {"provider": "webdav", "url": f"webdav:{dav.url}canary",
-         "parameters": {"webdav_user": dav.user, "webdav_pass": CANARY}},
-        {"provider": "azure", "url": "azure:canary",
-         "parameters": {"azure_account_name": az.account, "azure_account_key": az.key,
-                        "endpoint": az.endpoint}},
-        {"provider": "smb", "url": f"smb:{smb.share}/canary",
-         "parameters": {"smb_host": smb.host, "smb_port": str(smb.port), "smb_user": smb.user,
-                        "smb_pass": CANARY}},
-        {"provider": "rclone", "url": "",
-         "parameters": {"basepath": "canary",
-                        "rclone_conf_secret": f"type = sftp\nhost = {sftp.host}\n"
-                                              f"port = {sftp.port}\nuser = {sftp.user}\n"
-                                              f"pass = {obscure(CANARY)}\nshell_type = none\n"}},
+        {
+            "provider": "aws",
+            "url": "s3:s3.amazonaws.com/canary-bucket",
+            "parameters": {"aws_access_key_id": "AKIA", "aws_secret_access_key": CANARY},
+        },
+        {
+            "provider": "backblaze",
+            "url": "b2:canary-bucket",
+            "parameters": {"b2_account_id": "id", "b2_account_key": CANARY},
+        },
+        {
+            "provider": "generic-s3",
+            "url": f"s3:{s3.endpoint}/bucket1/canary",
+            "parameters": {"aws_access_key_id": s3.access_key, "aws_secret_access_key": CANARY},
+        },
+        {
+            "provider": "webdav",
+            "url": f"webdav:{dav.url}canary",
+            "parameters": {"webdav_user": dav.user, "webdav_pass": CANARY},
+        },
+        {
+            "provider": "azure",
+            "url": "azure:canary",
+            "parameters": {
+                "azure_account_name": az.account,
+                "azure_account_key": az.key,
+                "endpoint": az.endpoint,
+            },
+        },
+        {
+            "provider": "smb",
+            "url": f"smb:{smb.share}/canary",
+            "parameters": {
+                "smb_host": smb.host,
+                "smb_port": str(smb.port),
+                "smb_user": smb.user,
+                "smb_pass": CANARY,
+            },
+        },
+        {
+            "provider": "rclone",
+            "url": "",
+            "parameters": {
+                "basepath": "canary",
+                "rclone_conf_secret": f"type = sftp\nhost = {sftp.host}\n"
+                f"port = {sftp.port}\nuser = {sftp.user}\n"
+                f"pass = {obscure(CANARY)}\nshell_type = none\n",
+            },
+        },
     ]
 
 
-def test_canary_secret_never_leaks(redis_db: RedisServer, servers: dict[str, Any],
-                                   monkeypatch: pytest.MonkeyPatch,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_canary_secret_never_leaks(
+    redis_db: RedisServer,
+    servers: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     cluster = redis_db.client()
     seed(cluster)
     host = load_plugins(disabled=set())
@@ -203,13 +274,19 @@ def test_canary_secret_never_leaks(redis_db: RedisServer, servers: dict[str, Any
             assert code == 2
             code, _ = run("destination", "render", "--data", json.dumps(request))
             assert code == 0
-        for args in (("destination", "list"), ("--json", "destination", "list"),
-                     ("--json", "backup", "list"), ("--json", "plugins")):
+        for args in (
+            ("destination", "list"),
+            ("--json", "destination", "list"),
+            ("--json", "backup", "list"),
+            ("--json", "plugins"),
+        ):
             assert run(*args)[0] == 0
         # a wrong password is reported without echoing either password
-        wrong = dict(requests[3], parameters={**requests[3]["parameters"],
-                                              "webdav_pass": CANARY + "x"},
-                     url=requests[3]["url"] + "2")
+        wrong = dict(
+            requests[3],
+            parameters={**requests[3]["parameters"], "webdav_pass": CANARY + "x"},
+            url=requests[3]["url"] + "2",
+        )
         assert run("destination", "add", "--data", json.dumps(wrong))[0] == 2
     assert len(cluster.hkeys("private/nodes/backup_destination/rclone_conf")) == len(requests)
     assert CANARY not in seen.getvalue()

@@ -44,14 +44,14 @@ SAMPLES = ["secret", "", "p@ss w0rd%", "ünïcødé ☃", "x" * 300, '"quoted" `
 
 @pytest.mark.parametrize("text", SAMPLES)
 def test_real_rclone_reveals_what_we_obscure(text: str) -> None:
-    result = rclone.run(["reveal", obscure(text)], timeout=30)
+    result = rclone.run(["reveal", "--", obscure(text)], timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip("\n") == text
 
 
 @pytest.mark.parametrize("text", [s for s in SAMPLES if s])
 def test_we_reveal_what_real_rclone_obscures(text: str) -> None:
-    result = rclone.run(["obscure", text], timeout=30)
+    result = rclone.run(["obscure", "--", text], timeout=30)
     assert result.returncode == 0, result.stderr
     assert reveal(result.stdout.strip()) == text
 
@@ -59,6 +59,6 @@ def test_we_reveal_what_real_rclone_obscures(text: str) -> None:
 @settings(max_examples=15, deadline=None)
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1))
 def test_real_rclone_round_trip_property(text: str) -> None:
-    result = rclone.run(["reveal", obscure(text)], timeout=30)
+    result = rclone.run(["reveal", "--", obscure(text)], timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout[:-1] == text

@@ -478,7 +478,7 @@ def test_raw_header_is_normalised_to_the_uuid(host: PluginHost) -> None:
     without = make(host, raw("type = sftp\nhost = h.example\nuser = u\n"))
     assert with_header.id == without.id
     assert ini.parse(with_header.rclone_conf) == {
-        with_header.id: {"type": "sftp", "host": "h.example", "user": "u"}
+        with_header.id: {"type": "sftp", "host": "h.example", "user": "u", "shell_type": "none"}
     }
     assert with_header.url == "rclone:sftp:h.example:bk"
     assert with_header.public_basepath == "bk"
@@ -509,6 +509,7 @@ def test_raw_base64(host: PluginHost) -> None:
         ("type = s3\nshared_credentials_file = /root/.aws/credentials\n", "names a file"),
         ("type = webdav\nbearer_token_command = id\n", "runs a command"),
         ("type = smb\nkerberos_ccache = /tmp/x\n", "names a file"),
+        ("type = sftp\npin_host_key = true\n", "write to its configuration"),
         ("type = s3\nno_such_option = 1\n", "does not exist"),
         ("type = sftp\npass = cleartext!\n", "must be obscured"),
         ("region = x\n", "no 'type'"),

@@ -20,11 +20,22 @@ def test_secret_repr_and_value() -> None:
 
 @pytest.mark.parametrize(
     ("name", "secret"),
-    [("password", True), ("backup_password", True), ("b2_account_key", True),
-     ("aws_secret_access_key", True), ("smb_pass", True), ("rclone_conf_secret", True),
-     ("rclone_conf_b64_secret", True), ("token", True), ("Session_Token", True),
-     ("aws_access_key_id", False), ("b2_account_id", False), ("keys", False),
-     ("passphrase_file", False), ("name", False)],
+    [
+        ("password", True),
+        ("backup_password", True),
+        ("b2_account_key", True),
+        ("aws_secret_access_key", True),
+        ("smb_pass", True),
+        ("rclone_conf_secret", True),
+        ("rclone_conf_b64_secret", True),
+        ("token", True),
+        ("Session_Token", True),
+        ("aws_access_key_id", False),
+        ("b2_account_id", False),
+        ("keys", False),
+        ("passphrase_file", False),
+        ("name", False),
+    ],
 )
 def test_rule(name: str, secret: bool) -> None:
     assert is_secret_key(name) is secret
@@ -35,17 +46,27 @@ def test_declared_parameters_count_too() -> None:
 
 
 def test_nested_redaction() -> None:
-    payload = {"provider": "smb", "password": "", "parameters": {"smb_pass": "p", "smb_user": "u"},
-               "list": [{"token": "t"}, Secret("s"), "plain"], "key": None}
+    payload = {
+        "provider": "smb",
+        "password": "",
+        "parameters": {"smb_pass": "p", "smb_user": "u"},
+        "list": [{"token": "t"}, Secret("s"), "plain"],
+        "key": None,
+    }
     assert redact(payload) == {
-        "provider": "smb", "password": "", "parameters": {"smb_pass": REDACTED, "smb_user": "u"},
-        "list": [{"token": REDACTED}, REDACTED, "plain"], "key": None}
+        "provider": "smb",
+        "password": "",
+        "parameters": {"smb_pass": REDACTED, "smb_user": "u"},
+        "list": [{"token": REDACTED}, REDACTED, "plain"],
+        "key": None,
+    }
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=12), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=3)
+    ),
     max_leaves=12,
 )
 

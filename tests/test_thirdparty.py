@@ -28,18 +28,28 @@ from nsbackup.model import DestinationRequest, StoredDestination
 from nsbackup.obscure import reveal
 from nsbackup.plugins import DISABLE_ENV, PluginHost, load_plugins
 from nsbackup.probe import probe
+from nsbackup.testing import check_provider
 from tests.servers import RcloneSftpServer, free_port
 
 DATA = Path(__file__).resolve().parent / "data"
 BUILTIN_PLUGINS = {"s3", "s3_vendors", "backblaze", "azure", "smb", "webdav", "cluster", "rclone"}
-BUILTIN_PROVIDERS = {"aws", "generic-s3", "backblaze", "azure", "smb", "webdav", "cluster",
-                     "rclone"}
+BUILTIN_PROVIDERS = {
+    "aws",
+    "generic-s3",
+    "backblaze",
+    "azure",
+    "smb",
+    "webdav",
+    "cluster",
+    "rclone",
+}
 USER = "sftpuser"
 PASSWORD = "pa ss,w0rd'\"=%#;"  # awkward characters on purpose
 CLI_TIMEOUT = 60
 
 
 # -- installing and running -------------------------------------------------------------------
+
 
 def build_isolation_args() -> list[str]:
     """``--no-build-isolation`` when this Python can build wheels itself (offline and fast):
@@ -57,10 +67,22 @@ def build_isolation_args() -> list[str]:
 def pip_install(package: Path, target: Path, scratch: Path) -> Path:
     """Install ``package`` (a source directory) with pip into ``target``; return ``target``."""
     source = scratch / package.name
-    shutil.copytree(package, source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--no-deps", *build_isolation_args(), "--target", str(target), str(source)]
+    shutil.copytree(
+        package, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-deps",
+        *build_isolation_args(),
+        "--target",
+        str(target),
+        str(source),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, (
         f"pip install {package.name} failed ({result.returncode}):\n{result.stdout}\n"
@@ -83,8 +105,16 @@ def nsbackup(
     if pythonpath:
         environ["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
     environ.update(env or {})
-    return subprocess.run([str(script), *args], cwd=cwd, env=environ, input=stdin,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
+    return subprocess.run(
+        [str(script), *args],
+        cwd=cwd,
+        env=environ,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
 
 
 def json_of(result: subprocess.CompletedProcess[str]) -> Any:
@@ -125,11 +155,11 @@ def sftp_host(sftp_target: Path) -> Iterator[PluginHost]:
 
 def sftp_request(url: str, **parameters: str) -> DestinationRequest:
     params = {"sftp_user": USER, "sftp_pass": PASSWORD, **parameters}
-    return DestinationRequest.from_payload({"provider": "sftp", "url": url,
-                                            "parameters": params})
+    return DestinationRequest.from_payload({"provider": "sftp", "url": url, "parameters": params})
 
 
 # -- discovery through the CLI ----------------------------------------------------------------
+
 
 def test_providers_lists_the_installed_sftp_provider_and_the_builtins(
     sftp_target: Path, scratch: Path
@@ -193,15 +223,19 @@ def test_broken_plugins_are_reported_and_everything_else_still_loads(
     assert "FAILED plugin broken_register (nsbackup-broken 0.0.1) failed to load: " in text.stdout
 
     # Disabling a distribution by name silences both of its plugins.
-    quiet = json_of(nsbackup("--json", "plugins", pythonpath=path, cwd=scratch,
-                             env={DISABLE_ENV: "nsbackup-broken"}))
+    quiet = json_of(
+        nsbackup(
+            "--json", "plugins", pythonpath=path, cwd=scratch, env={DISABLE_ENV: "nsbackup-broken"}
+        )
+    )
     assert quiet["failures"] == []
 
 
 def test_disable_plugins_hides_sftp(sftp_target: Path, scratch: Path) -> None:
     env = {DISABLE_ENV: "sftp"}
-    providers = json_of(nsbackup("--json", "providers", pythonpath=[sftp_target], cwd=scratch,
-                                 env=env))
+    providers = json_of(
+        nsbackup("--json", "providers", pythonpath=[sftp_target], cwd=scratch, env=env)
+    )
     assert {p["name"] for p in providers} == BUILTIN_PROVIDERS
     data = json_of(nsbackup("--json", "plugins", pythonpath=[sftp_target], cwd=scratch, env=env))
     assert {p["name"] for p in data["plugins"]} == BUILTIN_PLUGINS
@@ -209,16 +243,31 @@ def test_disable_plugins_hides_sftp(sftp_target: Path, scratch: Path) -> None:
 
 
 def test_render_hides_the_sftp_password_unless_asked(sftp_target: Path, scratch: Path) -> None:
-    payload = json.dumps({"provider": "sftp", "url": "sftp:backup.example.org:2222/restic",
-                          "parameters": {"sftp_user": USER, "sftp_pass": PASSWORD}})
-    hidden = nsbackup("destination", "render", "--data", "-", pythonpath=[sftp_target],
-                      cwd=scratch, stdin=payload)
+    payload = json.dumps(
+        {
+            "provider": "sftp",
+            "url": "sftp:backup.example.org:2222/restic",
+            "parameters": {"sftp_user": USER, "sftp_pass": PASSWORD},
+        }
+    )
+    hidden = nsbackup(
+        "destination", "render", "--data", "-", pythonpath=[sftp_target], cwd=scratch, stdin=payload
+    )
     assert hidden.returncode == 0, hidden.stderr
     assert "pass = ***" in hidden.stdout
     assert PASSWORD not in hidden.stdout + hidden.stderr
-    bad = nsbackup("--json", "destination", "render", "--data", "-", pythonpath=[sftp_target],
-                   cwd=scratch, stdin=json.dumps({"provider": "sftp", "url": "sftp:h:0/x",
-                                                  "parameters": {"sftp_pass": PASSWORD}}))
+    bad = nsbackup(
+        "--json",
+        "destination",
+        "render",
+        "--data",
+        "-",
+        pythonpath=[sftp_target],
+        cwd=scratch,
+        stdin=json.dumps(
+            {"provider": "sftp", "url": "sftp:h:0/x", "parameters": {"sftp_pass": PASSWORD}}
+        ),
+    )
     assert bad.returncode == 2
     errors = {(e["parameter"], e["error"]) for e in json.loads(bad.stdout)}
     assert errors == {("sftp_user", "required"), ("url", "pattern")}
@@ -226,6 +275,33 @@ def test_render_hides_the_sftp_password_unless_asked(sftp_target: Path, scratch:
 
 
 # -- the provider in process ------------------------------------------------------------------
+
+
+def test_sftp_provider_passes_the_conformance_suite(sftp_host: PluginHost) -> None:
+    check_provider(
+        sftp_host.providers["sftp"],
+        [
+            {
+                "provider": "sftp",
+                "name": "",
+                "url": "sftp:backup.example.org/restic",
+                "parameters": {"sftp_user": USER, "sftp_pass": PASSWORD},
+            },
+            {
+                "provider": "sftp",
+                "name": "",
+                "url": "sftp:10.0.0.5:2222/srv/backup",
+                "parameters": {"sftp_user": USER, "sftp_pass": PASSWORD},
+            },
+            {
+                "provider": "sftp",
+                "name": "",
+                "url": "sftp:backup.example.org/restic",
+                "parameters": {"sftp_user": USER, "sftp_pass": PASSWORD, "sftp_port": "2200"},
+            },
+        ],
+    )
+
 
 def test_sftp_identity_is_where_not_who(sftp_host: PluginHost) -> None:
     base = prepare(sftp_host, sftp_request("sftp:Backup.example.org/restic"))
@@ -244,7 +320,11 @@ def test_sftp_identity_is_where_not_who(sftp_host: PluginHost) -> None:
     assert base.basepath == "restic"
     assert base.name == "SFTP backup.example.org/restic"
     assert dict(base.section, **{"pass": ""}) == {
-        "type": "sftp", "host": "backup.example.org", "port": "22", "user": USER, "pass": "",
+        "type": "sftp",
+        "host": "backup.example.org",
+        "port": "22",
+        "user": USER,
+        "pass": "",
         "shell_type": "none",
     }
     assert reveal(base.section["pass"]) == PASSWORD
@@ -253,11 +333,22 @@ def test_sftp_identity_is_where_not_who(sftp_host: PluginHost) -> None:
 
 def test_sftp_alter_keeps_the_stored_password(sftp_host: PluginHost) -> None:
     first = prepare(sftp_host, sftp_request("sftp:host.example/x", sftp_port="2200"))
-    stored = StoredDestination(first.id, "sftp", first.url, first.name, first.public_basepath,
-                               ini.parse(first.rclone_conf)[first.id])
-    altered = prepare(sftp_host, DestinationRequest.from_payload(
-        {"id": first.id, "provider": "sftp", "parameters": {"sftp_pass": ""}}, alter=True,
-    ), stored)
+    stored = StoredDestination(
+        first.id,
+        "sftp",
+        first.url,
+        first.name,
+        first.public_basepath,
+        ini.parse(first.rclone_conf)[first.id],
+    )
+    altered = prepare(
+        sftp_host,
+        DestinationRequest.from_payload(
+            {"id": first.id, "provider": "sftp", "parameters": {"sftp_pass": ""}},
+            alter=True,
+        ),
+        stored,
+    )
     assert altered.id == first.id
     assert reveal(altered.section["pass"]) == PASSWORD
     assert altered.section["port"] == "2200"
@@ -265,17 +356,31 @@ def test_sftp_alter_keeps_the_stored_password(sftp_host: PluginHost) -> None:
 
 # -- live: the rendered config against rclone serve sftp ---------------------------------------
 
+
 @pytest.mark.live
 def test_rendered_sftp_config_works_against_rclone_serve_sftp(
     sftp_target: Path, sftp_host: PluginHost, scratch: Path, tmp_path: Path
 ) -> None:
     with RcloneSftpServer(tmp_path / "served", USER, PASSWORD) as server:
         url = f"sftp:{server.host}:{server.port}/backups/node1"
-        payload = {"provider": "sftp", "url": url,
-                   "parameters": {"sftp_user": server.user, "sftp_pass": server.password}}
-        rendered = json_of(nsbackup("--json", "destination", "render", "--show-secrets",
-                                    "--data", "-", pythonpath=[sftp_target], cwd=scratch,
-                                    stdin=json.dumps(payload)))
+        payload = {
+            "provider": "sftp",
+            "url": url,
+            "parameters": {"sftp_user": server.user, "sftp_pass": server.password},
+        }
+        rendered = json_of(
+            nsbackup(
+                "--json",
+                "destination",
+                "render",
+                "--show-secrets",
+                "--data",
+                "-",
+                pythonpath=[sftp_target],
+                cwd=scratch,
+                stdin=json.dumps(payload),
+            )
+        )
         uid = rendered["id"]
         section = ini.parse(rendered["rclone_conf"])[uid]
         assert reveal(section["pass"]) == PASSWORD

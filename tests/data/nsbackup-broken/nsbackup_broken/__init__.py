@@ -1,0 +1,1 @@
+"""Deliberately broken nsbackup plugins, one per failure mode the loader must survive."""
