@@ -299,3 +299,71 @@ def test_canary_secret_never_leaks(
     stored = "".join(cluster.hvals("private/nodes/backup_destination/rclone_conf"))
     assert CANARY in stored
     assert isinstance(redis.Redis, type)
+
+
+@pytest.mark.parametrize(
+    "index", range(7), ids=["aws", "backblaze", "generic-s3", "webdav", "azure", "smb", "rclone"]
+)
+def test_lifecycle_of_each_provider_through_the_api(
+    redis_db: RedisServer, servers: dict[str, Any], index: int
+) -> None:
+    from nsbackup import ini
+    from nsbackup.destinations import DestinationService
+    from nsbackup.schedules import ScheduleService
+    from nsbackup.store import Store
+
+    cluster = redis_db.client()
+    seed(cluster)
+    host = load_plugins(disabled=set())
+    host.register_plugin(AcceptRemoteCloud(), "accept-remote-cloud")
+    store = Store(redis_db.client())
+    svc = DestinationService(store, host, node_id="1")
+    request = {**canary_requests(servers)[index], "name": "Step 1"}
+    provider = host.provider(request["provider"])
+
+    added = svc.add(request)
+    uid = added["id"]
+    public = cluster.hgetall(f"cluster/backup_repository/{uid}")
+    assert set(public) == {"url", "name", "provider", "basepath"}
+    assert public["name"] == "Step 1" and public["provider"] == request["provider"]
+    conf = cluster.hget("private/nodes/backup_destination/rclone_conf", uid)
+    assert conf is not None and list(ini.parse(conf)) == [uid]
+    assert (
+        cluster.hget("private/agents/backup_destination/restic_password", uid) == added["password"]
+    )
+
+    secrets = {p.name: "" for p in provider.parameters if p.secret}
+    svc.alter(
+        {
+            "id": uid,
+            "provider": request["provider"],
+            "name": "Step 2",
+            "parameters": {**request["parameters"], **secrets},
+        }
+    )
+    assert cluster.hget(f"cluster/backup_repository/{uid}", "name") == "Step 2"
+    assert cluster.hget("private/nodes/backup_destination/rclone_conf", uid) is not None
+    section = ini.parse(cluster.hget("private/nodes/backup_destination/rclone_conf", uid))[uid]
+    assert provider.parameters_from_section(
+        section, hide_secrets=False
+    ) == provider.parameters_from_section(ini.parse(conf)[uid], hide_secrets=False)
+    assert (
+        cluster.hget("private/agents/backup_destination/restic_password", uid) == added["password"]
+    )
+
+    bid = ScheduleService(store).add(
+        {
+            "name": "S",
+            "repository": uid,
+            "schedule": "hourly",
+            "retention": 1,
+            "instances": [],
+            "enabled": False,
+        }
+    )
+    assert cluster.hget(f"cluster/backup/{bid}", "enabled") == ""
+    assert svc.list()["repositories"][0]["id"] == uid
+    svc.remove(uid)
+    assert not cluster.exists(f"cluster/backup_repository/{uid}", f"cluster/backup/{bid}")
+    assert cluster.hlen("private/nodes/backup_destination/rclone_conf") == 0
+    assert cluster.hlen("private/agents/backup_destination/restic_password") == 0
