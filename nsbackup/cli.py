@@ -259,6 +259,81 @@ def cmd_backup_list(ctx: Context) -> int:
     return 0
 
 
+def _node_id(ctx: Context) -> str:
+    if not ctx.args.node:
+        raise ValidationFailed(
+            [
+                FieldError(
+                    "node",
+                    "node",
+                    None,
+                    "required",
+                    "the local node id is required (--node or NODE_ID)",
+                )
+            ]
+        )
+    return str(ctx.args.node)
+
+
+def cmd_gateway_render(ctx: Context) -> int:
+    from pathlib import Path
+
+    from nsbackup.gateway.context import GatewaySettings
+    from nsbackup.gateway.render import build_context, render_files, write_files
+
+    node = _node_id(ctx)
+    settings = GatewaySettings(
+        Path(ctx.args.out).resolve(), listen=ctx.args.listen, repo_dir=ctx.args.repo_dir
+    )
+    state = ctx.store.load()
+    context, problems = build_context(state, ctx.host, node, settings)
+    changed = write_files(settings.state_dir, render_files(ctx.host, context))
+    for problem in problems:
+        print(f"warning: {problem}", file=ctx.err)
+    result = {
+        "directory": str(settings.state_dir),
+        "changed": changed,
+        "skipped": [{"id": p.destination, "reason": p.reason} for p in problems],
+    }
+    ctx.emit(result, f"{len(changed)} file(s) changed in {settings.state_dir}")
+    return 3 if problems else 0
+
+
+def cmd_gateway_serve(ctx: Context) -> int:
+    import signal
+    from pathlib import Path
+
+    from nsbackup.gateway.context import GatewaySettings
+    from nsbackup.gateway.serve import Gateway
+
+    node = _node_id(ctx)
+    settings = GatewaySettings(
+        Path(ctx.args.state_dir).resolve(),
+        listen=ctx.args.listen,
+        repo_dir=str(Path(ctx.args.repo_dir).resolve()),
+    )
+    gateway = Gateway(ctx.store, ctx.host, node, settings)
+
+    def stop(signum: int, frame: object) -> None:
+        gateway.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        gateway.start()
+        for problem in gateway.problems:
+            print(f"warning: {problem}", file=ctx.err)
+        for dropped in sorted(gateway.dropped):
+            print(
+                f"warning: destination {dropped} dropped: its backend failed to start", file=ctx.err
+            )
+        print(f"gateway of node {node} listening on {settings.listen}", file=ctx.err, flush=True)
+        gateway.serve_forever()
+    finally:
+        gateway.stop()
+    return 0
+
+
 def _secret_argument(ctx: Context) -> str:
     text: str = ctx.args.text
     if text == "-":
@@ -375,6 +450,49 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(backup_sub, "remove", cmd_backup_remove, "remove a schedule")
     p.add_argument("id", metavar="ID", type=int)
     command(backup_sub, "list", cmd_backup_list, "schedules with per-module status")
+
+    gateway = groups.add_parser("gateway", help="the per-node backup gateway")
+    gateway_sub = gateway.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    gateway_sub.required = True
+    p = command(gateway_sub, "render", cmd_gateway_render, "write the gateway files for this node")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory of the files")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:4694",
+        metavar="ADDR:PORT",
+        help="address the gateway listens on (default 0.0.0.0:4694)",
+    )
+    p.add_argument(
+        "--repo-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="local disk served for node-hosted (cluster) destinations",
+    )
+
+    p = command(
+        gateway_sub,
+        "serve",
+        cmd_gateway_serve,
+        "run the gateway until stopped (SIGTERM/SIGINT stop it cleanly)",
+    )
+    p.add_argument(
+        "--state-dir",
+        required=True,
+        metavar="DIR",
+        help="where the gateway files, sockets and pid files live",
+    )
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:4694",
+        metavar="ADDR:PORT",
+        help="address to listen on (default 0.0.0.0:4694)",
+    )
+    p.add_argument(
+        "--repo-dir",
+        default=argparse.SUPPRESS,
+        metavar="DIR",
+        help="local disk served for node-hosted (cluster) destinations",
+    )
 
     rc = groups.add_parser("rclone", help="rclone-compatible helpers")
     rc_sub = rc.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -1,0 +1,1 @@
+"""The per-node gateway: HAProxy in front of ``rclone serve restic``/``webdav`` (SPEC §3)."""

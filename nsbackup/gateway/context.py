@@ -1,0 +1,114 @@
+"""What gateway renderers receive: one cluster snapshot seen from one node, plus settings."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from nsbackup.model import ClusterState
+
+PORT = 4694
+REALM = "ns8-rclone-gateway"
+REST_ACCEPT = "application/vnd.x.restic.rest.v2"
+PROBE_NAME = "_probe_rest_404"
+
+
+@attrs.frozen
+class Sockets:
+    """Unix sockets of one generation of rclone servers."""
+
+    restic: str
+    """The full restic REST server (nodes)."""
+    restic_append: str
+    """The append-only restic REST server (modules)."""
+    webdav: str
+
+
+@attrs.frozen
+class GatewaySettings:
+    state_dir: Path
+    listen: str = f"0.0.0.0:{PORT}"
+    repo_dir: str = "/var/lib/nsbackup/repo"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    def sockets(self, generation: int) -> Sockets:
+        run = self.run_dir
+        return Sockets(
+            restic=str(run / f"g{generation}-restic.sock"),
+            restic_append=str(run / f"g{generation}-restic-append.sock"),
+            webdav=str(run / f"g{generation}-webdav.sock"),
+        )
+
+    @property
+    def admin_socket(self) -> str:
+        return str(self.run_dir / "haproxy-admin.sock")
+
+    @property
+    def master_socket(self) -> str:
+        return str(self.run_dir / "haproxy-master.sock")
+
+
+@attrs.frozen
+class GatewayDestination:
+    """A destination as the gateway of one node sees it.
+
+    ``local``: served by this node's rclone (its section goes into rclone.conf); otherwise
+    ``host_node`` names the node whose gateway serves it (a node-hosted destination elsewhere).
+    """
+
+    id: str
+    provider: str
+    kind: str
+    """rclone backend type (e.g. ``s3``), used in names and logs."""
+    section: Mapping[str, str] = attrs.field(repr=False)
+    basepath: str = ""
+    local: bool = True
+    host_node: str | None = None
+
+
+@attrs.frozen
+class Peer:
+    id: str
+    address: str
+
+
+@attrs.frozen
+class RenderContext:
+    """The input of every renderer: pure data, no I/O."""
+
+    state: ClusterState
+    node_id: str
+    settings: GatewaySettings
+    destinations: tuple[GatewayDestination, ...]
+    sockets: Sockets
+    dropped: frozenset[str] = frozenset()
+    """Destinations whose backend failed to start: left out of the combined remote."""
+
+    @property
+    def local_address(self) -> str:
+        node = self.state.nodes.get(self.node_id)
+        return node.vpn_ip if node else ""
+
+    @property
+    def peers(self) -> tuple[Peer, ...]:
+        """Other nodes with a VPN address, the leader first."""
+        peers = [
+            Peer(n.id, n.vpn_ip)
+            for n in self.state.nodes.values()
+            if n.id != self.node_id and n.vpn_ip
+        ]
+        return tuple(sorted(peers, key=lambda p: p.id != self.state.leader))
+
+    @property
+    def cluster_network(self) -> str:
+        """The trusted source network, or a network that matches nothing."""
+        try:
+            return str(ipaddress.ip_network(self.state.network, strict=False))
+        except ValueError:
+            return "0.0.0.0/32"

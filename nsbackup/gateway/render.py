@@ -1,0 +1,162 @@
+"""Render the gateway files of one node from one cluster snapshot, and write them safely."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import attrs
+
+from nsbackup import ini
+from nsbackup.destinations import prepare, stored_destination
+from nsbackup.errors import NsbackupError, PluginError
+from nsbackup.gateway.context import GatewayDestination, GatewaySettings, RenderContext
+from nsbackup.model import ClusterState, DestinationRequest
+from nsbackup.plugins import PluginHost
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Problem:
+    destination: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"destination {self.destination} skipped: {self.reason}"
+
+
+def gateway_destinations(
+    state: ClusterState, host: PluginHost, node_id: str, repo_dir: str
+) -> tuple[tuple[GatewayDestination, ...], tuple[Problem, ...]]:
+    """Each stored destination as this node's gateway serves it; unusable ones are reported.
+
+    The stored rclone section is used verbatim (what the store holds is what rclone reads);
+    the provider only says where repositories live inside it and which node hosts the data.
+    """
+    local_ip = state.nodes[node_id].vpn_ip if node_id in state.nodes else ""
+    by_ip = {n.vpn_ip: n.id for n in state.nodes.values() if n.vpn_ip}
+    result: list[GatewayDestination] = []
+    problems: list[Problem] = []
+    for dest in state.destinations.values():
+        try:
+            if dest.rclone_conf is None:
+                raise NsbackupError("its configuration cannot be read with these credentials")
+            provider = host.providers.get(dest.provider)
+            if provider is None:
+                raise NsbackupError(f"no provider plugin {dest.provider!r} is installed")
+            stored = stored_destination(dest.id, dest.public(), dest.rclone_conf)
+            if not stored.section.get("type"):
+                raise NsbackupError("its rclone section has no type")
+            request = DestinationRequest(
+                provider=dest.provider,
+                url=dest.url,
+                name=dest.name,
+                parameters=provider.parameters_from_section(stored.section, hide_secrets=False),
+            )
+            prepared = prepare(host, request, stored)
+        except (NsbackupError, ini.IniError) as exc:
+            problems.append(Problem(dest.id, str(exc).splitlines()[0]))
+            continue
+        kind = stored.section["type"]
+        if prepared.hosted_at is None:
+            result.append(
+                GatewayDestination(dest.id, dest.provider, kind, stored.section, prepared.basepath)
+            )
+        elif prepared.hosted_at == local_ip and local_ip:
+            result.append(
+                GatewayDestination(
+                    dest.id, dest.provider, "local", {"type": "local"}, repo_dir.rstrip("/") or "/"
+                )
+            )
+        elif prepared.hosted_at in by_ip:
+            result.append(
+                GatewayDestination(
+                    dest.id,
+                    dest.provider,
+                    kind,
+                    stored.section,
+                    prepared.basepath,
+                    local=False,
+                    host_node=by_ip[prepared.hosted_at],
+                )
+            )
+        else:
+            problems.append(Problem(dest.id, f"no node has the address {prepared.hosted_at}"))
+    return tuple(result), tuple(problems)
+
+
+def build_context(
+    state: ClusterState,
+    host: PluginHost,
+    node_id: str,
+    settings: GatewaySettings,
+    generation: int = 0,
+    dropped: frozenset[str] = frozenset(),
+) -> tuple[RenderContext, tuple[Problem, ...]]:
+    destinations, problems = gateway_destinations(state, host, node_id, settings.repo_dir)
+    context = RenderContext(
+        state, node_id, settings, destinations, settings.sockets(generation), dropped
+    )
+    return context, problems
+
+
+def render_files(host: PluginHost, context: RenderContext) -> dict[str, tuple[str, bool]]:
+    """``{filename: (text, secret)}`` from every registered renderer."""
+    files: dict[str, tuple[str, bool]] = {}
+    for renderer in host.renderers.values():
+        try:
+            text = renderer.render(context)
+        except NsbackupError:
+            raise
+        except Exception as exc:
+            owner = host.owner("renderer", renderer.name)
+            raise PluginError(
+                f"renderer {renderer.name} (plugin {owner}) failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(text, str) or "\x00" in text or "\r" in text:
+            raise PluginError(f"renderer {renderer.name} returned invalid text")
+        if renderer.filename in files:
+            raise PluginError(f"two renderers write {renderer.filename}")
+        files[renderer.filename] = (text, renderer.secret)
+    return files
+
+
+def write_files(directory: Path, files: Mapping[str, tuple[str, bool]]) -> list[str]:
+    """Write each file atomically (temp + fsync + rename); secret files are 0600, the others
+    0644. A file whose content did not change is not rewritten. Return the changed names."""
+    directory.mkdir(parents=True, exist_ok=True)
+    changed = []
+    for name, (text, secret) in sorted(files.items()):
+        path = directory / name
+        mode = 0o600 if secret else 0o644
+        try:
+            if path.read_text(encoding="utf-8") == text and (path.stat().st_mode & 0o777) == mode:
+                continue
+        except OSError:
+            pass
+        write_atomic(path, text, mode)
+        changed.append(name)
+    return changed
+
+
+def write_atomic(path: Path, text: str, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

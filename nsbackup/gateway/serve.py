@@ -1,0 +1,473 @@
+"""``nsbackup gateway serve``: rclone rcd + restic/WebDAV servers + HAProxy, kept in step with
+Redis.
+
+Each *generation* is one ``rclone rcd`` (on its own unix socket and config copy) running three
+servers over the ``combined`` remote: a full restic server (nodes), an append-only one
+(modules) and a WebDAV server. HAProxy (master-worker) sits in front. Changes arrive as Redis
+events:
+
+- ACL or restore-grant change (only ``auth.map``/``modrepo.map`` differ): the maps are
+  replaced inside the running HAProxy through its admin socket (prepare/add/commit, atomic);
+  rclone is not touched.
+- destination change: a new generation starts on new sockets, HAProxy reloads onto it
+  (seamless: listening sockets are passed over), and the old generation stops once the old
+  HAProxy worker has drained its connections.
+
+A destination whose backend cannot be created is dropped from the combined remote and
+reported; the others keep being served (and peers take over the dropped one, ref §3.5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+from nsbackup import rclone
+from nsbackup.errors import NsbackupError, Unreachable
+from nsbackup.gateway.context import GatewaySettings, RenderContext, Sockets
+from nsbackup.gateway.rc import RcError, haproxy_command, rc_call
+from nsbackup.gateway.render import Problem, build_context, render_files, write_files
+from nsbackup.plugins import PluginHost
+from nsbackup.store import EVENT_ACL_CHANGED, EVENT_DESTINATION_CHANGED, Store
+
+log = logging.getLogger(__name__)
+
+MAP_FILES = ("auth.map", "modrepo.map")
+_UPSTREAM_FAILURE = re.compile(
+    r"failed to create upstream\D*?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise Unreachable(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@attrs.define
+class Generation:
+    """One ``rclone rcd`` and its three servers."""
+
+    number: int
+    sockets: Sockets
+    rc_socket: str
+    config: Path
+    proc: subprocess.Popen[bytes] | None = None
+    served: tuple[str, ...] = ()
+
+    def start(self, config_text: str, upstreams: bool) -> None:
+        fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(config_text)
+        for path in (
+            self.rc_socket,
+            self.sockets.restic,
+            self.sockets.restic_append,
+            self.sockets.webdav,
+        ):
+            Path(path).unlink(missing_ok=True)
+        env = rclone.clean_env({"RCLONE_CONFIG": str(self.config)})
+        self.proc = subprocess.Popen(
+            [
+                rclone.rclone_binary(),
+                "rcd",
+                "--rc-no-auth",
+                "--rc-addr",
+                f"unix://{self.rc_socket}",
+                "--cache-dir",
+                str(self.config.parent / "cache"),
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait(self._rc_ready, 30, "rclone rcd")
+        if not upstreams:
+            log.warning("no destination to serve: rclone servers not started")
+            return
+        common = {
+            "fs": "combined:",
+            "_config": {"LowLevelRetries": 1, "ConnectTimeout": 5_000_000_000},
+        }
+        # No VFS caching: files changed behind the server's back (other nodes, restic
+        # servers) are seen at once.
+        rc_call(
+            self.rc_socket,
+            "serve/start",
+            {
+                **common,
+                "type": "webdav",
+                "addr": f"unix://{self.sockets.webdav}",
+                "vfs_cache_mode": "off",
+                "dir_cache_time": "0s",
+            },
+            timeout=120,
+        )
+        rc_call(
+            self.rc_socket,
+            "serve/start",
+            {
+                **common,
+                "type": "restic",
+                "addr": f"unix://{self.sockets.restic}",
+                "cache_objects": False,
+            },
+            timeout=120,
+        )
+        rc_call(
+            self.rc_socket,
+            "serve/start",
+            {
+                **common,
+                "type": "restic",
+                "addr": f"unix://{self.sockets.restic_append}",
+                "cache_objects": False,
+                "append_only": True,
+            },
+            timeout=120,
+        )
+
+    def _rc_ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise Unreachable(f"rclone rcd exited with status {self.proc.returncode}")
+        try:
+            rc_call(self.rc_socket, "core/version", timeout=2)
+            return True
+        except (OSError, RcError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError, RcError):
+                rc_call(self.rc_socket, "serve/stopall", timeout=10)
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+        for path in (
+            self.rc_socket,
+            self.sockets.restic,
+            self.sockets.restic_append,
+            self.sockets.webdav,
+            str(self.config),
+        ):
+            Path(path).unlink(missing_ok=True)
+        shutil.rmtree(self.config.parent / "cache", ignore_errors=True)
+
+
+class Gateway:
+    """The running gateway of one node."""
+
+    def __init__(
+        self,
+        store: Store,
+        host: PluginHost,
+        node_id: str,
+        settings: GatewaySettings,
+        *,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.host = host
+        self.node_id = node_id
+        self.settings = settings
+        self.generation: Generation | None = None
+        self.haproxy: subprocess.Popen[bytes] | None = None
+        self.dropped: frozenset[str] = frozenset()
+        self.problems: tuple[Problem, ...] = ()
+        self._next = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._drains: list[threading.Thread] = []
+        self.on_event = on_event
+        self.reloads = {"maps": 0, "generations": 0}
+        self._pending_retire: threading.Thread | None = None
+
+    # -- start and stop -------------------------------------------------------------------
+    def start(self) -> None:
+        run = self.settings.run_dir
+        run.mkdir(parents=True, exist_ok=True)
+        os.chmod(run, 0o700)
+        Path(self.settings.repo_dir).mkdir(parents=True, exist_ok=True)
+        haproxy = shutil.which("haproxy")
+        if haproxy is None:
+            raise Unreachable("haproxy not found (scripts/setup installs it)")
+        state = self.store.load()
+        context = self._new_generation(state)
+        self._check_haproxy()
+        self.haproxy = subprocess.Popen(
+            [
+                haproxy,
+                "-W",
+                "-db",
+                "-f",
+                str(self.settings.state_dir / "haproxy.cfg"),
+                "-p",
+                str(run / "haproxy.pid"),
+                "-S",
+                f"{self.settings.master_socket},mode,600",
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait(self._haproxy_ready, 30, "haproxy")
+        log.info(
+            "gateway of node %s listening on %s (generation %d, %d destination(s))",
+            self.node_id,
+            self.settings.listen,
+            context.sockets and self._next - 1,
+            len(context.destinations),
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.haproxy is not None and self.haproxy.poll() is None:
+            self.haproxy.terminate()
+            try:
+                self.haproxy.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.haproxy.kill()
+                self.haproxy.wait(timeout=15)
+        for thread in self._drains:
+            thread.join(timeout=1)
+        if self.generation is not None:
+            self.generation.stop()
+
+    def _haproxy_ready(self) -> bool:
+        if self.haproxy is not None and self.haproxy.poll() is not None:
+            raise Unreachable(f"haproxy exited with status {self.haproxy.returncode}")
+        try:
+            return "Pid:" in haproxy_command(self.settings.admin_socket, "show info", 2)
+        except OSError:
+            return False
+
+    def _check_haproxy(self) -> None:
+        result = subprocess.run(
+            ["haproxy", "-c", "-q", "-f", str(self.settings.state_dir / "haproxy.cfg")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise NsbackupError(
+                f"haproxy rejects the rendered configuration: {result.stderr.strip()[-500:]}"
+            )
+
+    # -- generations ----------------------------------------------------------------------
+    def _render(
+        self, state: object, generation: int
+    ) -> tuple[RenderContext, dict[str, tuple[str, bool]]]:
+        context, problems = build_context(
+            state,
+            self.host,
+            self.node_id,  # type: ignore[arg-type]
+            self.settings,
+            generation,
+            self.dropped,
+        )
+        for problem in problems:
+            if problem not in self.problems:
+                log.warning("%s", problem)
+        self.problems = problems
+        return context, render_files(self.host, context)
+
+    def _new_generation(self, state: object) -> RenderContext:
+        """Start rclone for ``state`` on new sockets, dropping upstreams that fail; write the
+        files. The caller reloads HAProxy."""
+        self.dropped = frozenset()
+        while True:
+            number = self._next
+            self._next += 1
+            context, files = self._render(state, number)
+            generation = Generation(
+                number,
+                context.sockets,
+                str(self.settings.run_dir / f"g{number}-rc.sock"),
+                self.settings.run_dir / f"g{number}" / "rclone.conf",
+            )
+            generation.config.parent.mkdir(parents=True, exist_ok=True)
+            served = tuple(
+                d.id for d in context.destinations if d.local and d.id not in self.dropped
+            )
+            try:
+                generation.start(files["rclone.conf"][0], bool(served))
+            except RcError as exc:
+                generation.stop()
+                failed = _UPSTREAM_FAILURE.search(exc.message)
+                if failed is None or failed.group(1) in self.dropped:
+                    raise Unreachable(f"rclone servers failed to start: {exc.message}") from exc
+                self.dropped |= {failed.group(1)}
+                log.warning(
+                    "destination %s dropped from the gateway: %s",
+                    failed.group(1),
+                    exc.message.splitlines()[0][:300],
+                )
+                continue
+            generation.served = served
+            write_files(self.settings.state_dir, files)
+            previous, self.generation = self.generation, generation
+            if previous is not None:
+                self._retire(previous)
+            return context
+
+    def _retire(self, old: Generation) -> None:
+        """Stop ``old`` once no HAProxy worker started before this reload is left."""
+
+        def drain() -> None:
+            try:
+                _wait(
+                    lambda: self._stop.is_set() or self._old_workers() == 0,
+                    7200,
+                    "old haproxy workers to drain",
+                )
+            except Unreachable:
+                log.warning("old haproxy workers still running; stopping generation %d", old.number)
+            old.stop()
+            log.info("generation %d stopped", old.number)
+
+        thread = threading.Thread(target=drain, name=f"drain-g{old.number}", daemon=True)
+        self._drains.append(thread)
+        self._pending_retire = thread
+
+    def _old_workers(self) -> int:
+        try:
+            answer = haproxy_command(self.settings.master_socket, "show proc", 5)
+        except OSError:
+            return 0
+        section = answer.split("# old workers", 1)
+        if len(section) < 2:
+            return 0
+        return sum(
+            1
+            for line in section[1].splitlines()
+            if line.strip() and not line.startswith("#") and line.split()[0].isdigit()
+        )
+
+    def _reload_haproxy(self) -> None:
+        self._check_haproxy()
+        assert self.haproxy is not None
+        before = self._worker_pids()
+        os.kill(self.haproxy.pid, signal.SIGUSR2)
+        _wait(lambda: bool(self._worker_pids() - before), 60, "the new haproxy worker")
+        _wait(self._haproxy_ready, 30, "haproxy")
+
+    def _worker_pids(self) -> set[int]:
+        try:
+            answer = haproxy_command(self.settings.master_socket, "show proc", 5)
+        except OSError:
+            return set()
+        current = answer.split("# old workers", 1)[0]
+        pids = set()
+        for line in current.splitlines():
+            words = line.split()
+            if len(words) > 1 and words[0].isdigit() and words[1] == "worker":
+                pids.add(int(words[0]))
+        return pids
+
+    # -- keeping up with Redis ------------------------------------------------------------
+    def reconcile(self) -> str:
+        """Bring the gateway in line with Redis; return what was done
+        (``nothing``, ``maps``, ``generation``)."""
+        with self._lock:
+            state = self.store.load()
+            assert self.generation is not None
+            _, files = self._render(state, self.generation.number)
+            current = {name: _read(self.settings.state_dir / name) for name in files}
+            changed = {name for name, (text, _) in files.items() if current[name] != text}
+            if not changed:
+                return "nothing"
+            if changed <= set(MAP_FILES) | {"rclone-gateway.env"}:
+                write_files(self.settings.state_dir, files)
+                for name in sorted(changed & set(MAP_FILES)):
+                    self._replace_map(name, files[name][0])
+                self.reloads["maps"] += 1
+                return "maps"
+            self._new_generation(state)
+            self._reload_haproxy()
+            if self._pending_retire is not None:
+                self._pending_retire.start()
+                self._pending_retire = None
+            self.reloads["generations"] += 1
+            return "generation"
+
+    def _replace_map(self, name: str, text: str) -> None:
+        """Swap a map's whole content atomically inside the running HAProxy."""
+        path = str(self.settings.state_dir / name)
+        admin = self.settings.admin_socket
+        answer = haproxy_command(admin, f"prepare map {path}")
+        m = re.search(r"New version created: (\d+)", answer)
+        if m is None:
+            raise NsbackupError(f"haproxy refused to prepare {name}: {answer.strip()}")
+        version = m.group(1)
+        entries = [line.split(None, 1) for line in text.splitlines() if line.strip()]
+        for start in range(0, len(entries), 100):
+            # Several commands per connection, separated by ';' (keys hold no ';').
+            chunk = entries[start : start + 100]
+            command = ";".join(f"add map @{version} {path} {k} {v.strip()}" for k, v in chunk)
+            haproxy_command(admin, command)
+        answer = haproxy_command(admin, f"commit map @{version} {path}")
+        if answer.strip():
+            raise NsbackupError(f"haproxy refused to commit {name}: {answer.strip()}")
+
+    def serve_forever(self) -> None:
+        """Follow Redis events until :meth:`request_stop`."""
+        channels = [EVENT_DESTINATION_CHANGED, EVENT_ACL_CHANGED]
+        while not self._stop.is_set():
+            try:
+                pubsub = self.store.reader.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(*channels)
+                self._safe_reconcile("subscribed")  # catch up on what happened meanwhile
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=0.5)
+                    if message is None:
+                        continue
+                    # Coalesce bursts: wait until the channel is quiet for a moment.
+                    deadline = time.monotonic() + 0.2
+                    while time.monotonic() < deadline:
+                        if pubsub.get_message(timeout=0.05) is not None:
+                            deadline = time.monotonic() + 0.2
+                    self._safe_reconcile(str(message.get("channel")))
+                pubsub.close()
+            except Exception as exc:  # Redis down: keep serving what we have, retry
+                if self._stop.is_set():
+                    break
+                log.warning("Redis events unavailable (%s); retrying", type(exc).__name__)
+                self._stop.wait(2)
+
+    def _safe_reconcile(self, why: str) -> None:
+        try:
+            done = self.reconcile()
+        except NsbackupError as exc:
+            log.warning("reload after %s failed, previous configuration kept: %s", why, exc)
+            return
+        if done != "nothing":
+            log.info("%s: %s reloaded", why, done)
+        if self.on_event is not None:
+            self.on_event(done)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None

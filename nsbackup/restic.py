@@ -1,0 +1,138 @@
+"""restic through the gateway: environment and process helpers.
+
+Credentials never appear on a command line. restic < 0.16 (Debian 12 ships 0.14) only takes
+REST credentials inside ``RESTIC_REPOSITORY``; newer restic reads
+``RESTIC_REST_USERNAME``/``RESTIC_REST_PASSWORD``. Either way they travel in the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+from nsbackup.errors import Unreachable
+
+GATEWAY_URL = "http://127.0.0.1:4694"
+
+EXIT_CODES = {
+    0: "success",
+    1: "fatal error",
+    3: "some source data could not be read (partial backup)",
+    10: "the repository does not exist",
+    11: "the repository is locked",
+    12: "wrong repository password",
+}
+
+
+def restic_binary() -> str:
+    found = os.environ.get("NSBACKUP_RESTIC") or shutil.which("restic")
+    if not found:
+        raise Unreachable("restic not found (scripts/setup installs it)")
+    return found
+
+
+@functools.cache
+def restic_version(binary: str | None = None) -> tuple[int, int, int]:
+    out = subprocess.run(
+        [binary or restic_binary(), "version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout
+    m = re.search(r"restic (\d+)\.(\d+)\.(\d+)", out)
+    if not m:
+        raise Unreachable(f"cannot read the restic version from {out[:80]!r}")
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
+
+
+def restic_env(
+    *,
+    repository_path: str,
+    user: str,
+    password: str,
+    restic_password: str,
+    gateway_url: str = GATEWAY_URL,
+    cache_dir: str | None = None,
+    version: tuple[int, int, int] | None = None,
+) -> dict[str, str]:
+    """Environment variables for restic to use ``<gateway>/<repository_path>`` as ``user``.
+
+    ``repository_path`` is ``<destination-uuid>/<app>/<module-uuid>``.
+    """
+    version = version or restic_version()
+    base = gateway_url.rstrip("/")
+    path = repository_path.strip("/")
+    env = {"RESTIC_PASSWORD": restic_password}
+    if version >= (0, 16, 0):
+        env["RESTIC_REPOSITORY"] = f"rest:{base}/{path}"
+        env["RESTIC_REST_USERNAME"] = user
+        env["RESTIC_REST_PASSWORD"] = password
+    else:
+        scheme, _, rest = base.partition("://")
+        creds = f"{quote(user, safe='')}:{quote(password, safe='')}"
+        env["RESTIC_REPOSITORY"] = f"rest:{scheme}://{creds}@{rest}/{path}"
+    if cache_dir:
+        env["RESTIC_CACHE_DIR"] = cache_dir
+    return env
+
+
+def run_restic(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    timeout: float = 3600,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    cwd: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run restic with ``env`` added to a clean environment (no inherited ``RESTIC_*``).
+
+    With ``progress`` and ``--json``, each JSON status line is passed to it as it arrives.
+    """
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+    environ.update(env)
+    command = [restic_binary(), *args]
+    if progress is None or "--json" not in args:
+        return subprocess.run(
+            command,
+            env=environ,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+        )
+    lines: list[str] = []
+    with subprocess.Popen(
+        command,
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        for line in proc.stdout:
+            lines.append(line)
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(message, dict):
+                progress(message)
+        stderr = proc.stderr.read()
+        proc.wait(timeout=timeout)
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), stderr)
+
+
+def explain(returncode: int) -> str:
+    return EXIT_CODES.get(returncode, f"restic exited with status {returncode}")
