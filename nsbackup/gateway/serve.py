@@ -38,6 +38,7 @@ from nsbackup.errors import NsbackupError, Unreachable
 from nsbackup.gateway.context import GatewaySettings, RenderContext, Sockets
 from nsbackup.gateway.rc import RcError, haproxy_command, rc_call
 from nsbackup.gateway.render import Problem, build_context, render_files, write_files
+from nsbackup.model import ClusterState
 from nsbackup.plugins import PluginHost
 from nsbackup.store import EVENT_ACL_CHANGED, EVENT_DESTINATION_CHANGED, Store
 
@@ -272,12 +273,12 @@ class Gateway:
 
     # -- generations ----------------------------------------------------------------------
     def _render(
-        self, state: object, generation: int
+        self, state: ClusterState, generation: int
     ) -> tuple[RenderContext, dict[str, tuple[str, bool]]]:
         context, problems = build_context(
             state,
             self.host,
-            self.node_id,  # type: ignore[arg-type]
+            self.node_id,
             self.settings,
             generation,
             self.dropped,
@@ -288,7 +289,7 @@ class Gateway:
         self.problems = problems
         return context, render_files(self.host, context)
 
-    def _new_generation(self, state: object) -> RenderContext:
+    def _new_generation(self, state: ClusterState) -> RenderContext:
         """Start rclone for ``state`` on new sockets, dropping upstreams that fail; write the
         files. The caller reloads HAProxy."""
         self.dropped = frozenset()
