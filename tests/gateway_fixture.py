@@ -117,9 +117,10 @@ class GatewayProcess:
                 raise RuntimeError(f"gateway did not come up:\n{self.log()}")
             time.sleep(0.1)
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 6000) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-6000:]
+            text = self.log_path.read_text(errors="replace")
+            return text[-tail:] if tail else text
         except OSError:
             return ""
 

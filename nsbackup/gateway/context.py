@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -14,6 +17,8 @@ PORT = 4694
 REALM = "ns8-rclone-gateway"
 REST_ACCEPT = "application/vnd.x.restic.rest.v2"
 PROBE_NAME = "_probe_rest_404"
+# Longest socket name used below is "g<generation>-restic-append.sock" (< 32 bytes).
+MAX_SOCKET_DIR = 97 - 32
 
 
 @attrs.frozen
@@ -35,7 +40,14 @@ class GatewaySettings:
 
     @property
     def run_dir(self) -> Path:
-        return self.state_dir / "run"
+        """Where sockets and pid files live: ``<state>/run``, or, when that path is too long
+        for a unix socket (HAProxy allows 97 bytes), a short directory derived from it."""
+        own = self.state_dir / "run"
+        if len(str(own)) <= MAX_SOCKET_DIR:
+            return own
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+        base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
+        return base / "nsbackup" / digest
 
     def sockets(self, generation: int) -> Sockets:
         run = self.run_dir

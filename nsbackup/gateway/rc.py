@@ -55,6 +55,8 @@ def haproxy_command(socket_path: str, command: str, timeout: float = 10) -> str:
         sock.settimeout(timeout)
         sock.connect(socket_path)
         sock.sendall(command.encode() + b"\n")
+        # The master CLI keeps the connection open until it sees the end of the input.
+        sock.shutdown(socket.SHUT_WR)
         chunks = []
         while True:
             chunk = sock.recv(65536)

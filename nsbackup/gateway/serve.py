@@ -203,7 +203,7 @@ class Gateway:
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
         run = self.settings.run_dir
-        run.mkdir(parents=True, exist_ok=True)
+        run.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(run, 0o700)
         Path(self.settings.repo_dir).mkdir(parents=True, exist_ok=True)
         haproxy = shutil.which("haproxy")
@@ -246,9 +246,14 @@ class Gateway:
                 self.haproxy.kill()
                 self.haproxy.wait(timeout=15)
         for thread in self._drains:
-            thread.join(timeout=1)
+            if thread.is_alive():
+                thread.join(timeout=1)
         if self.generation is not None:
             self.generation.stop()
+        for name in ("haproxy.pid",):
+            (self.settings.run_dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.settings.run_dir.rmdir()
 
     def _haproxy_ready(self) -> bool:
         if self.haproxy is not None and self.haproxy.poll() is not None:

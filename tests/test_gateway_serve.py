@@ -1,0 +1,325 @@
+"""The gateway serving real restic traffic: data path, reloads under load, isolation, peers."""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import requests
+
+from nsbackup import acl
+from nsbackup.gateway.context import GatewaySettings
+from nsbackup.obscure import obscure
+from nsbackup.plugins import PluginHost
+from nsbackup.restic import restic_env, run_restic
+from tests.cluster_seed import PASSWORDS, module_uuid
+from tests.gateway_fixture import (
+    NODE_IPS,
+    RESTIC_PASSWORD,
+    GatewayProcess,
+    add_destination,
+    seed_loopback_cluster,
+    wait_for,
+)
+from tests.redis_server import RedisServer
+from tests.servers import RcloneS3Server, free_port
+
+pytestmark = pytest.mark.live
+REST_ACCEPT = {"Accept": "application/vnd.x.restic.rest.v2"}
+
+
+def make_data(root: Path, megabytes: int = 2, small: int = 50) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = hashlib.sha256(str(root).encode()).digest()
+    for i in range(max(1, megabytes // 10)):
+        size = min(10, megabytes - i * 10) * 1024 * 1024
+        (root / f"big{i}.bin").write_bytes(os.urandom(size))
+    for i in range(small):
+        (root / f"small{i}.txt").write_text(f"{rng.hex()} line {i}\n" * (i + 1))
+    return root
+
+
+def env_for(gw: GatewayProcess, repo: str, user: str, tmp: Path) -> dict[str, str]:
+    return restic_env(
+        repository_path=repo,
+        user=user,
+        password=PASSWORDS[user],
+        restic_password=RESTIC_PASSWORD,
+        gateway_url=gw.url,
+        cache_dir=str(tmp / "restic-cache"),
+    )
+
+
+def restic_ok(args: list[str], env: dict[str, str], timeout: float = 600) -> str:
+    result = run_restic(args, env, timeout=timeout)
+    assert result.returncode == 0, (args, result.stderr[-2000:])
+    return result.stdout
+
+
+@pytest.fixture()
+def cluster(redis_db: RedisServer) -> redis.Redis:
+    client = redis_db.client()
+    seed_loopback_cluster(client)
+    return client
+
+
+@pytest.fixture()
+def s3(tmp_path: Path) -> Iterator[RcloneS3Server]:
+    (tmp_path / "s3" / "bucket").mkdir(parents=True)
+    with RcloneS3Server(tmp_path / "s3", "AKGATEWAY", "secret-gateway") as server:
+        yield server
+
+
+def s3_payload(s3: RcloneS3Server, path: str = "ns8") -> dict[str, Any]:
+    return {
+        "provider": "generic-s3",
+        "url": f"s3:{s3.endpoint}/bucket/{path}",
+        "parameters": {"aws_access_key_id": s3.access_key, "aws_secret_access_key": s3.secret_key},
+    }
+
+
+def test_module_and_node_data_path(
+    cluster: redis.Redis,
+    redis_db: RedisServer,
+    host: PluginHost,
+    s3: RcloneS3Server,
+    tmp_path: Path,
+) -> None:
+    port = free_port(NODE_IPS["1"])
+    local = add_destination(
+        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
+    )
+    remote = add_destination(cluster, host, s3_payload(s3))
+    data = make_data(tmp_path / "data", megabytes=12)
+    with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
+        for dest in (local, remote):
+            repo = f"{dest.id}/mail/{module_uuid('mail1')}"
+            module = env_for(gw, repo, "module/mail1", tmp_path)
+            restic_ok(["init"], module)
+            restic_ok(["backup", str(data)], module)
+            snapshots = json.loads(restic_ok(["snapshots", "--json"], module))
+            assert len(snapshots) == 1
+            target = tmp_path / f"restore-{dest.provider}"
+            restic_ok(["restore", "latest", "--target", str(target)], module)
+            restored = target / data.relative_to("/")
+            assert not filecmp.dircmp(data, restored).diff_files
+            assert sorted(p.name for p in restored.iterdir()) == sorted(
+                p.name for p in data.iterdir()
+            )
+            restic_ok(["check"], module)
+            # modules cannot delete data (restic itself would retry a refusal for minutes,
+            # so the refusal is checked on the request restic forget sends)
+            snapshot_url = f"{gw.url}/{repo}/snapshots/{snapshots[0]['id']}"
+            refused = requests.delete(
+                snapshot_url,
+                headers=REST_ACCEPT,
+                timeout=10,
+                auth=("module/mail1", PASSWORDS["module/mail1"]),
+            )
+            assert refused.status_code == 403
+            assert len(json.loads(restic_ok(["snapshots", "--json"], module))) == 1
+
+            node = env_for(gw, repo, "node/1", tmp_path)
+            restic_ok(["backup", str(data)], node)
+            restic_ok(["forget", "--prune", "--keep-last", "1"], node)
+            assert len(json.loads(restic_ok(["snapshots", "--json"], node))) == 1
+            restic_ok(["check"], node)
+        # the local disk really holds the repository
+        assert (tmp_path / "node1" / "repo" / "mail" / module_uuid("mail1") / "config").exists()
+        assert gw.stop() == 0
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(tmp_path / "node1" / "state")],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    assert leftovers == ""  # SIGTERM stopped haproxy and every rclone
+
+
+def add_module_user(client: redis.Redis, mid: str, node: str, password: str) -> str:
+    uuid = module_uuid(mid)
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    pipe = client.pipeline(transaction=True)
+    pipe.hset("cluster/module_node", mid, node)
+    pipe.hset("cluster/module_uuid", mid, uuid)
+    pipe.sadd("cluster/acls", acl.acl_line(f"module/{mid}", digest, acl.module_rules(mid)))
+    pipe.publish("cluster/event/acl-changed", "cluster/acls")
+    pipe.execute()
+    return uuid
+
+
+def remove_module_user(client: redis.Redis, mid: str, password: str) -> None:
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    pipe = client.pipeline(transaction=True)
+    pipe.srem("cluster/acls", acl.acl_line(f"module/{mid}", digest, acl.module_rules(mid)))
+    pipe.hdel("cluster/module_node", mid)
+    pipe.hdel("cluster/module_uuid", mid)
+    pipe.publish("cluster/event/acl-changed", "cluster/acls")
+    pipe.execute()
+
+
+def status_as(gw: GatewayProcess, dest: str, mid: str, password: str) -> int:
+    url = f"{gw.url}/{dest}/{mid.rstrip('0123456789')}/{module_uuid(mid)}/config"
+    return requests.get(
+        url, auth=(f"module/{mid}", password), headers=REST_ACCEPT, timeout=10
+    ).status_code
+
+
+def test_reload_under_load(
+    cluster: redis.Redis,
+    redis_db: RedisServer,
+    host: PluginHost,
+    s3: RcloneS3Server,
+    tmp_path: Path,
+) -> None:
+    port = free_port(NODE_IPS["1"])
+    dest = add_destination(
+        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
+    )
+    data = make_data(tmp_path / "data", megabytes=200, small=200)
+    with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
+        repo = f"{dest.id}/mail/{module_uuid('mail1')}"
+        module = env_for(gw, repo, "module/mail1", tmp_path)
+        restic_ok(["init"], module)
+        outcome: dict[str, Any] = {}
+
+        def backup() -> None:
+            # Bounded to 10 MiB/s so that every change below lands during the backup.
+            outcome["result"] = run_restic(
+                ["backup", "--limit-upload", "10240", str(data)], module, timeout=900
+            )
+
+        worker = threading.Thread(target=backup)
+        worker.start()
+        accepted_after: list[str] = []
+        for i in range(10):
+            mid, password = f"extra{i}", f"extra-pw-{i}"
+            if i % 2 == 0:
+                add_module_user(cluster, mid, "1", password)
+                wait_for(
+                    lambda m=mid, p=password: status_as(gw, dest.id, m, p) != 401,
+                    timeout=20,
+                    what=f"{mid} accepted",
+                )
+                accepted_after.append(mid)
+            else:
+                previous = f"extra{i - 1}"
+                remove_module_user(cluster, previous, f"extra-pw-{i - 1}")
+                wait_for(
+                    lambda m=previous, p=f"extra-pw-{i - 1}": status_as(gw, dest.id, m, p) == 401,
+                    timeout=20,
+                    what=f"{previous} refused",
+                )
+            if i in (2, 5, 8):
+                extra = add_destination(cluster, host, s3_payload(s3, path=f"p{i}"))
+                cluster.publish(
+                    "cluster/event/backup-destination-changed",
+                    json.dumps({"destination_ids": [extra.id]}),
+                )
+                wait_for(
+                    lambda d=extra.id: (
+                        requests.get(f"{gw.url}/{d}/_probe_rest_404", timeout=10).status_code == 404
+                    ),
+                    timeout=60,
+                    what="the new destination served",
+                )
+        assert worker.is_alive(), "the backup ended before the changes: not a test of reloads"
+        worker.join(timeout=900)
+        result = outcome["result"]
+        assert result.returncode == 0, result.stderr[-3000:]
+        restic_ok(["check"], module)
+        assert len(accepted_after) == 5
+        log = gw.log(tail=None)
+        assert log.count("generation reloaded") >= 3, log
+        assert log.count("maps reloaded") >= 5, log
+
+
+def test_failing_destination_is_dropped_and_others_served(
+    cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
+) -> None:
+    port = free_port(NODE_IPS["1"])
+    good = add_destination(
+        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
+    )
+    dead_port = free_port()
+    conf = f"type = sftp\nhost = 127.0.0.1\nport = {dead_port}\nuser = u\npass = {obscure('x')}\n"
+    bad = add_destination(
+        cluster,
+        host,
+        {
+            "provider": "rclone",
+            "url": "",
+            "parameters": {"rclone_conf_secret": conf, "basepath": "bk"},
+        },
+    )
+    with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
+        assert f"destination {bad.id} dropped" in gw.log()
+        repo = f"{good.id}/mail/{module_uuid('mail1')}"
+        module = env_for(gw, repo, "module/mail1", tmp_path)
+        restic_ok(["init"], module)
+        restic_ok(["backup", str(make_data(tmp_path / "d", megabytes=1, small=5))], module)
+        assert requests.get(f"{gw.url}/{good.id}/_probe_rest_404", timeout=10).status_code == 404
+        assert requests.get(f"{gw.url}/{bad.id}/_probe_rest_404", timeout=10).status_code != 404
+        conf_text = (tmp_path / "node1" / "state" / "rclone.conf").read_text()
+        assert f"[{bad.id}]" not in conf_text and f"[{good.id}]" in conf_text
+
+
+def test_two_nodes_proxy_and_failover(
+    cluster: redis.Redis,
+    redis_db: RedisServer,
+    host: PluginHost,
+    s3: RcloneS3Server,
+    tmp_path: Path,
+) -> None:
+    port = free_port(NODE_IPS["1"])
+    disk1 = add_destination(
+        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
+    )
+    remote = add_destination(cluster, host, s3_payload(s3))
+    data = make_data(tmp_path / "data", megabytes=1, small=10)
+    with (
+        GatewayProcess(redis_db, "1", port, tmp_path) as gw1,
+        GatewayProcess(redis_db, "2", port, tmp_path) as gw2,
+    ):
+        # nextcloud3 lives on node 2 and backs up to node 1's disk through its own gateway
+        repo = f"{disk1.id}/nextcloud/{module_uuid('nextcloud3')}"
+        module = env_for(gw2, repo, "module/nextcloud3", tmp_path)
+        restic_ok(["init"], module)
+        restic_ok(["backup", str(data)], module)
+        assert (
+            tmp_path / "node1" / "repo" / "nextcloud" / module_uuid("nextcloud3") / "config"
+        ).exists()
+        assert not (tmp_path / "node2" / "repo" / "nextcloud").exists()
+        # node 1's local backend for the remote destination breaks: node 2 takes over
+        config_url = f"{gw1.url}/{remote.id}/mail/{module_uuid('mail1')}/config"
+        mail1 = env_for(gw1, f"{remote.id}/mail/{module_uuid('mail1')}", "module/mail1", tmp_path)
+        restic_ok(["init"], mail1)
+        run_dir = GatewaySettings(gw1.state_dir).run_dir
+        sockets = list(run_dir.glob("g*-restic.sock"))
+        assert sockets
+        for sock in sockets:
+            sock.unlink()
+
+        def served_by_peer() -> bool:
+            answer = requests.get(
+                config_url,
+                auth=("module/mail1", PASSWORDS["module/mail1"]),
+                headers=REST_ACCEPT,
+                timeout=10,
+            )
+            return answer.status_code == 200 and answer.headers.get(
+                "X-Nsbackup-Backend", ""
+            ).startswith("gw_")
+
+        wait_for(served_by_peer, timeout=40, what="failover to node 2")
+        restic_ok(["backup", str(data)], mail1)
+        assert len(json.loads(restic_ok(["snapshots", "--json"], mail1))) == 1
