@@ -25,7 +25,17 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "plugins"
 ENTRY_POINT_GROUP = "nsbackup"
-BUILTIN_PLUGINS = {"s3", "s3_vendors", "backblaze", "azure", "smb", "webdav", "cluster", "rclone"}
+BUILTIN_PLUGINS = {
+    "s3",
+    "s3_vendors",
+    "backblaze",
+    "azure",
+    "smb",
+    "webdav",
+    "cluster",
+    "rclone",
+    "gateway",
+}
 BUILTIN_PROVIDERS = {
     "aws",
     "generic-s3",

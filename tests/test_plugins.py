@@ -19,7 +19,17 @@ from nsbackup.model import DestinationRequest, ValidatedDestination
 from nsbackup.plugins import PluginHost, S3Vendor, load_plugins
 from nsbackup.provider import BaseProvider
 
-BUILTIN = {"s3", "s3_vendors", "backblaze", "azure", "smb", "webdav", "cluster", "rclone"}
+BUILTIN = {
+    "s3",
+    "s3_vendors",
+    "backblaze",
+    "azure",
+    "smb",
+    "webdav",
+    "cluster",
+    "rclone",
+    "gateway",
+}
 
 
 class DummyProvider(BaseProvider):

@@ -32,7 +32,17 @@ from nsbackup.testing import check_provider
 from tests.servers import RcloneSftpServer, free_port
 
 DATA = Path(__file__).resolve().parent / "data"
-BUILTIN_PLUGINS = {"s3", "s3_vendors", "backblaze", "azure", "smb", "webdav", "cluster", "rclone"}
+BUILTIN_PLUGINS = {
+    "s3",
+    "s3_vendors",
+    "backblaze",
+    "azure",
+    "smb",
+    "webdav",
+    "cluster",
+    "rclone",
+    "gateway",
+}
 BUILTIN_PROVIDERS = {
     "aws",
     "generic-s3",
