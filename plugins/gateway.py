@@ -60,11 +60,12 @@ class AuthMap:
             words = line.split()
             if len(words) < 2 or words[0] != "user" or not _USER.fullmatch(words[1]):
                 continue
-            digest = next((w[1:] for w in words[2:] if w.startswith("#")), "")
-            if not _HASH.fullmatch(digest):
-                continue
+            if "off" in words[2:]:
+                continue  # a Redis user switched off does not log in here either
             group = "nodes" if words[1].startswith("node/") else "modules"
-            entries.append((f"{words[1]}:{digest}", group))
+            for word in words[2:]:
+                if word.startswith("#") and _HASH.fullmatch(word[1:]):
+                    entries.append((f"{words[1]}:{word[1:]}", group))
         return map_file(sorted(set(entries)), width=88)
 
 
