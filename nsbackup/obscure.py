@@ -71,3 +71,13 @@ def is_obscured(text: str) -> bool:
     except RevealError:
         return False
     return True
+
+
+def reveal_stored(obscured: str) -> str:
+    """Reveal a stored obscured option; ``""`` when it is missing or not obscured."""
+    if not obscured:
+        return ""
+    try:
+        return reveal(obscured)
+    except RevealError:
+        return ""

@@ -201,18 +201,7 @@ class BaseProvider:
             stored = self.parameters_from_section(previous.section, hide_secrets=False)
         given: Mapping[str, Any] = request.parameters
         result: dict[str, str] = {}
-        for key in given:
-            if key not in declared:
-                errors.append(
-                    field_error(
-                        "parameters",
-                        str(key),
-                        None,
-                        "additionalProperties",
-                        f"unknown parameter {key!r} for provider {self.name}; "
-                        f"expected {sorted(declared) or 'none'}",
-                    )
-                )
+        errors.extend(unknown_parameters(self.name, given, declared))
         for name, param in declared.items():
             if name in given and given[name] is not None:
                 raw = given[name]
@@ -299,3 +288,21 @@ def parse_http_url(text: str) -> tuple[str, str, str, str]:
         raise UrlError("must be http(s)://host[:port][/path] without query or fragment")
     scheme, host, port = parse_endpoint(f"{m.group(1)}://{m.group(2)}")
     return scheme, host, port, check_path(m.group(3) or "")
+
+
+def unknown_parameters(
+    provider: str, given: Mapping[str, Any], declared: Collection[str]
+) -> list[FieldError]:
+    """One ``additionalProperties`` error per parameter the provider does not declare."""
+    return [
+        field_error(
+            "parameters",
+            str(key),
+            None,
+            "additionalProperties",
+            f"unknown parameter {key!r} for provider {provider}; "
+            f"expected {sorted(declared) or 'none'}",
+        )
+        for key in given
+        if key not in declared
+    ]

@@ -30,7 +30,7 @@ from nsbackup.model import (
     field_error,
 )
 from nsbackup.obscure import is_obscured
-from nsbackup.provider import BaseProvider, Provider, UrlError, check_path
+from nsbackup.provider import BaseProvider, Provider, UrlError, check_path, unknown_parameters
 from nsbackup.secret import Secret
 
 MAX_CONF = 100_000
@@ -143,18 +143,7 @@ class RcloneProvider(BaseProvider):
     ) -> ValidatedDestination:
         params = request.parameters
         errors: list[FieldError] = []
-        declared = {p.name for p in self.parameters}
-        for key in params:
-            if key not in declared:
-                errors.append(
-                    field_error(
-                        "parameters",
-                        str(key),
-                        None,
-                        "additionalProperties",
-                        f"unknown parameter {key!r} for provider rclone",
-                    )
-                )
+        errors.extend(unknown_parameters(self.name, params, {p.name for p in self.parameters}))
         text = self._config_text(params, previous, errors)
         basepath_raw = params.get("basepath")
         if basepath_raw is None:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 
 from nsbackup import hookimpl
 from nsbackup.model import Parameter, ValidatedDestination
-from nsbackup.obscure import RevealError, obscure, reveal
+from nsbackup.obscure import obscure, reveal_stored
 from nsbackup.provider import (
     HOSTNAME,
     BaseProvider,
@@ -85,12 +85,7 @@ class SmbProvider(BaseProvider):
     def parameters_from_section(
         self, section: Mapping[str, str], hide_secrets: bool
     ) -> dict[str, str]:
-        password = ""
-        if not hide_secrets and section.get("pass"):
-            try:
-                password = reveal(section["pass"])
-            except RevealError:
-                password = ""
+        password = "" if hide_secrets else reveal_stored(section.get("pass", ""))
         params = {
             "smb_host": section.get("host", ""),
             "smb_user": section.get("user", ""),

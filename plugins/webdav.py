@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 
 from nsbackup import hookimpl
 from nsbackup.model import Parameter, ValidatedDestination
-from nsbackup.obscure import RevealError, obscure, reveal
+from nsbackup.obscure import obscure, reveal_stored
 from nsbackup.provider import BaseProvider, Provider, UrlError, parse_http_url
 from nsbackup.secret import Secret
 
@@ -69,12 +69,7 @@ class WebdavProvider(BaseProvider):
     def parameters_from_section(
         self, section: Mapping[str, str], hide_secrets: bool
     ) -> dict[str, str]:
-        password = ""
-        if not hide_secrets and section.get("pass"):
-            try:
-                password = reveal(section["pass"])
-            except RevealError:
-                password = ""
+        password = "" if hide_secrets else reveal_stored(section.get("pass", ""))
         return {
             "webdav_user": section.get("user", ""),
             "webdav_pass": password,

@@ -22,30 +22,11 @@ from typing import Any
 
 import pytest
 
+from tests.builtin import BUILTIN_PLUGINS, BUILTIN_PROVIDERS
+
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "plugins"
 ENTRY_POINT_GROUP = "nsbackup"
-BUILTIN_PLUGINS = {
-    "s3",
-    "s3_vendors",
-    "backblaze",
-    "azure",
-    "smb",
-    "webdav",
-    "cluster",
-    "rclone",
-    "gateway",
-}
-BUILTIN_PROVIDERS = {
-    "aws",
-    "generic-s3",
-    "backblaze",
-    "azure",
-    "smb",
-    "webdav",
-    "cluster",
-    "rclone",
-}
 # Not part of a source tree: local environments, caches, build output.
 NOT_SOURCE = shutil.ignore_patterns(
     ".git",

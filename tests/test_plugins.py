@@ -18,18 +18,7 @@ from nsbackup.errors import PluginError, ValidationFailed
 from nsbackup.model import DestinationRequest, ValidatedDestination
 from nsbackup.plugins import PluginHost, S3Vendor, load_plugins
 from nsbackup.provider import BaseProvider
-
-BUILTIN = {
-    "s3",
-    "s3_vendors",
-    "backblaze",
-    "azure",
-    "smb",
-    "webdav",
-    "cluster",
-    "rclone",
-    "gateway",
-}
+from tests.builtin import BUILTIN_PLUGINS
 
 
 class DummyProvider(BaseProvider):
@@ -61,7 +50,7 @@ class Registers:
 
 
 def test_builtins_load_through_entry_points(host: PluginHost) -> None:
-    assert set(host.plugins) == BUILTIN
+    assert set(host.plugins) == BUILTIN_PLUGINS
     for info in host.plugins.values():
         assert info.dist == "nsbackup"
     assert host.plugins["s3"].registered == {"provider": ("aws", "generic-s3")}

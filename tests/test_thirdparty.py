@@ -29,30 +29,10 @@ from nsbackup.obscure import reveal
 from nsbackup.plugins import DISABLE_ENV, PluginHost, load_plugins
 from nsbackup.probe import probe
 from nsbackup.testing import check_provider
+from tests.builtin import BUILTIN_PLUGINS, BUILTIN_PROVIDERS
 from tests.servers import RcloneSftpServer, free_port
 
 DATA = Path(__file__).resolve().parent / "data"
-BUILTIN_PLUGINS = {
-    "s3",
-    "s3_vendors",
-    "backblaze",
-    "azure",
-    "smb",
-    "webdav",
-    "cluster",
-    "rclone",
-    "gateway",
-}
-BUILTIN_PROVIDERS = {
-    "aws",
-    "generic-s3",
-    "backblaze",
-    "azure",
-    "smb",
-    "webdav",
-    "cluster",
-    "rclone",
-}
 USER = "sftpuser"
 PASSWORD = "pa ss,w0rd'\"=%#;"  # awkward characters on purpose
 CLI_TIMEOUT = 60

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from nsbackup import hookimpl
 from nsbackup.model import FieldError, Parameter, ValidatedDestination, field_error
-from nsbackup.obscure import RevealError, obscure, reveal
+from nsbackup.obscure import obscure, reveal_stored
 from nsbackup.provider import HOSTNAME, BaseProvider, Provider, UrlError, check_path
 from nsbackup.secret import Secret
 
@@ -111,12 +111,7 @@ class SftpProvider(BaseProvider):
     def parameters_from_section(
         self, section: Mapping[str, str], hide_secrets: bool
     ) -> dict[str, str]:
-        password = ""
-        if not hide_secrets and section.get("pass"):
-            try:
-                password = reveal(section["pass"])
-            except RevealError:
-                password = ""
+        password = "" if hide_secrets else reveal_stored(section.get("pass", ""))
         return {
             "sftp_user": section.get("user", ""),
             "sftp_pass": password,
