@@ -323,3 +323,25 @@ def test_two_nodes_proxy_and_failover(
         wait_for(served_by_peer, timeout=40, what="failover to node 2")
         restic_ok(["backup", str(data)], mail1)
         assert len(json.loads(restic_ok(["snapshots", "--json"], mail1))) == 1
+
+
+def test_killed_gateway_leaves_no_process(
+    cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
+) -> None:
+    port = free_port(NODE_IPS["1"])
+    add_destination(
+        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
+    )
+    gw = GatewayProcess(redis_db, "1", port, tmp_path).start()
+    run_dir = str(GatewaySettings(gw.state_dir).run_dir)
+    assert gw.proc is not None
+    gw.proc.kill()  # no chance to clean up
+    gw.proc.wait(timeout=10)
+    wait_for(
+        lambda: (
+            subprocess.run(["pgrep", "-f", run_dir], capture_output=True, check=False).returncode
+            == 1
+        ),
+        timeout=15,
+        what="haproxy and rclone to exit with their parent",
+    )

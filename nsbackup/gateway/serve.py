@@ -51,6 +51,15 @@ _UPSTREAM_FAILURE = re.compile(
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if ``gateway serve`` dies, so no rclone or
+    HAProxy outlives it (Linux ``PR_SET_PDEATHSIG``)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -95,6 +104,7 @@ class Generation:
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         _wait(self._rc_ready, 30, "rclone rcd")
         if not upstreams:
@@ -226,6 +236,7 @@ class Gateway:
             ],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         _wait(self._haproxy_ready, 30, "haproxy")
         log.info(
