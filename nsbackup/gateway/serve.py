@@ -20,6 +20,7 @@ reported; the others keep being served (and peers take over the dropped one, ref
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -51,13 +52,18 @@ _UPSTREAM_FAILURE = re.compile(
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+try:  # resolved once here: a child process between fork and exec must not import anything
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM if ``gateway serve`` dies, so no rclone or
     HAProxy outlives it (Linux ``PR_SET_PDEATHSIG``)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
