@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -52,10 +53,11 @@ _UPSTREAM_FAILURE = re.compile(
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+_PRCTL: Any = None
 try:  # resolved once here: a child process between fork and exec must not import anything
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux
-    _PRCTL = None
+    pass
 _PR_SET_PDEATHSIG = 1
 
 
