@@ -54,10 +54,9 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 _PRCTL: Any = None
-try:  # resolved once here: a child process between fork and exec must not import anything
+# Resolved once here: a child process between fork and exec must not import anything.
+with contextlib.suppress(OSError, AttributeError):  # not Linux
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux
-    pass
 _PR_SET_PDEATHSIG = 1
 
 
