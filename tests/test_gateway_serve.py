@@ -345,3 +345,21 @@ def test_killed_gateway_leaves_no_process(
         timeout=15,
         what="haproxy and rclone to exit with their parent",
     )
+
+
+def test_children_do_not_inherit_credentials(
+    cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
+) -> None:
+    port = free_port(NODE_IPS["1"])
+    add_destination(
+        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
+    )
+    with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
+        run_dir = str(GatewaySettings(gw.state_dir).run_dir)
+        pids = subprocess.run(
+            ["pgrep", "-f", run_dir], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(pids) >= 2  # rclone rcd and the HAProxy master at least
+        for pid in pids:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            assert b"REDIS_PASSWORD" not in environ and PASSWORDS["node/1"].encode() not in environ

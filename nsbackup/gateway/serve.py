@@ -241,6 +241,7 @@ class Gateway:
                 "-S",
                 f"{self.settings.master_socket},mode,600",
             ],
+            env=rclone.clean_env(),  # no Redis credentials in HAProxy's environment
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=_die_with_parent,
@@ -462,11 +463,9 @@ class Gateway:
                     message = pubsub.get_message(timeout=0.5)
                     if message is None:
                         continue
-                    # Coalesce bursts: wait until the channel is quiet for a moment.
-                    deadline = time.monotonic() + 0.2
-                    while time.monotonic() < deadline:
-                        if pubsub.get_message(timeout=0.05) is not None:
-                            deadline = time.monotonic() + 0.2
+                    # Act at once; events already queued are covered by the same snapshot.
+                    while pubsub.get_message(timeout=0) is not None:
+                        pass
                     self._safe_reconcile(str(message.get("channel")))
                 pubsub.close()
             except Exception as exc:  # Redis down: keep serving what we have, retry
