@@ -399,12 +399,31 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    def group(name: str, help_: str) -> Any:
+        sub = groups.add_parser(name, help=help_).add_subparsers(
+            dest="command", metavar="COMMAND", parser_class=_Parser
+        )
+        sub.required = True
+        return sub
+
+    def gateway_options(p: Any) -> None:
+        p.add_argument(
+            "--listen",
+            default="0.0.0.0:4694",
+            metavar="ADDR:PORT",
+            help="address the gateway listens on (default 0.0.0.0:4694)",
+        )
+        p.add_argument(
+            "--repo-dir",
+            default=argparse.SUPPRESS,
+            metavar="DIR",
+            help="local disk served for node-hosted (cluster) destinations",
+        )
+
     command(groups, "plugins", cmd_plugins, "installed plugins and what each registered")
     command(groups, "providers", cmd_providers, "destination providers and their parameters")
 
-    dest = groups.add_parser("destination", help="backup destinations")
-    dest_sub = dest.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    dest_sub.required = True
+    dest_sub = group("destination", "backup destinations")
     render = command(
         dest_sub,
         "render",
@@ -438,9 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="include secrets and Restic passwords (node-privileged users only)",
     )
 
-    backup = groups.add_parser("backup", help="backup schedules")
-    backup_sub = backup.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    backup_sub.required = True
+    backup_sub = group("backup", "backup schedules")
     for name, func, what in (
         ("add", cmd_backup_add, "add a schedule; prints its id"),
         ("alter", cmd_backup_alter, "alter a schedule (its destination cannot change)"),
@@ -451,23 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID", type=int)
     command(backup_sub, "list", cmd_backup_list, "schedules with per-module status")
 
-    gateway = groups.add_parser("gateway", help="the per-node backup gateway")
-    gateway_sub = gateway.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    gateway_sub.required = True
+    gateway_sub = group("gateway", "the per-node backup gateway")
     p = command(gateway_sub, "render", cmd_gateway_render, "write the gateway files for this node")
     p.add_argument("--out", required=True, metavar="DIR", help="directory of the files")
-    p.add_argument(
-        "--listen",
-        default="0.0.0.0:4694",
-        metavar="ADDR:PORT",
-        help="address the gateway listens on (default 0.0.0.0:4694)",
-    )
-    p.add_argument(
-        "--repo-dir",
-        default=argparse.SUPPRESS,
-        metavar="DIR",
-        help="local disk served for node-hosted (cluster) destinations",
-    )
+    gateway_options(p)
 
     p = command(
         gateway_sub,
@@ -481,22 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where the gateway files, sockets and pid files live",
     )
-    p.add_argument(
-        "--listen",
-        default="0.0.0.0:4694",
-        metavar="ADDR:PORT",
-        help="address to listen on (default 0.0.0.0:4694)",
-    )
-    p.add_argument(
-        "--repo-dir",
-        default=argparse.SUPPRESS,
-        metavar="DIR",
-        help="local disk served for node-hosted (cluster) destinations",
-    )
+    gateway_options(p)
 
-    rc = groups.add_parser("rclone", help="rclone-compatible helpers")
-    rc_sub = rc.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    rc_sub.required = True
+    rc_sub = group("rclone", "rclone-compatible helpers")
     for name, func, what in (
         ("obscure", cmd_rclone_obscure, "obscure TEXT like rclone"),
         ("reveal", cmd_rclone_reveal, "reveal TEXT like rclone"),

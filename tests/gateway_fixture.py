@@ -45,6 +45,15 @@ def add_destination(
     return prepared
 
 
+def add_local_destination(
+    client: redis.Redis, host: PluginHost, port: int, node: str = "1"
+) -> PreparedDestination:
+    """A ``cluster`` destination on ``node``'s disk, served by its gateway on ``port``."""
+    return add_destination(
+        client, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS[node]}:{port}"}
+    )
+
+
 class GatewayProcess:
     def __init__(
         self,

@@ -27,6 +27,7 @@ from tests.gateway_fixture import (
     RESTIC_PASSWORD,
     GatewayProcess,
     add_destination,
+    add_local_destination,
     seed_loopback_cluster,
     wait_for,
 )
@@ -95,9 +96,7 @@ def test_module_and_node_data_path(
     tmp_path: Path,
 ) -> None:
     port = free_port(NODE_IPS["1"])
-    local = add_destination(
-        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
-    )
+    local = add_local_destination(cluster, host, port)
     remote = add_destination(cluster, host, s3_payload(s3))
     data = make_data(tmp_path / "data", megabytes=12)
     with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
@@ -182,9 +181,7 @@ def test_reload_under_load(
     tmp_path: Path,
 ) -> None:
     port = free_port(NODE_IPS["1"])
-    dest = add_destination(
-        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
-    )
+    dest = add_local_destination(cluster, host, port)
     data = make_data(tmp_path / "data", megabytes=200, small=200)
     with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
         repo = f"{dest.id}/mail/{module_uuid('mail1')}"
@@ -247,9 +244,7 @@ def test_failing_destination_is_dropped_and_others_served(
     cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
 ) -> None:
     port = free_port(NODE_IPS["1"])
-    good = add_destination(
-        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
-    )
+    good = add_local_destination(cluster, host, port)
     dead_port = free_port()
     conf = f"type = sftp\nhost = 127.0.0.1\nport = {dead_port}\nuser = u\npass = {obscure('x')}\n"
     bad = add_destination(
@@ -281,9 +276,7 @@ def test_two_nodes_proxy_and_failover(
     tmp_path: Path,
 ) -> None:
     port = free_port(NODE_IPS["1"])
-    disk1 = add_destination(
-        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
-    )
+    disk1 = add_local_destination(cluster, host, port)
     remote = add_destination(cluster, host, s3_payload(s3))
     data = make_data(tmp_path / "data", megabytes=1, small=10)
     with (
@@ -329,9 +322,7 @@ def test_killed_gateway_leaves_no_process(
     cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
 ) -> None:
     port = free_port(NODE_IPS["1"])
-    add_destination(
-        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
-    )
+    add_local_destination(cluster, host, port)
     gw = GatewayProcess(redis_db, "1", port, tmp_path).start()
     run_dir = str(GatewaySettings(gw.state_dir).run_dir)
     assert gw.proc is not None
@@ -351,9 +342,7 @@ def test_children_do_not_inherit_credentials(
     cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
 ) -> None:
     port = free_port(NODE_IPS["1"])
-    add_destination(
-        cluster, host, {"provider": "cluster", "url": f"webdav:http://{NODE_IPS['1']}:{port}"}
-    )
+    add_local_destination(cluster, host, port)
     with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
         run_dir = str(GatewaySettings(gw.state_dir).run_dir)
         pids = subprocess.run(
