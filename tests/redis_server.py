@@ -91,7 +91,9 @@ class RedisServer:
                 raise RuntimeError(f"redis-server did not start:\n{log[-2000:]}")
             time.sleep(0.05)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_dir: bool = False) -> None:
+        """Stop the server; with ``keep_dir`` the same object can :meth:`start` again on the
+        same port (an empty database: nothing is persisted)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -99,7 +101,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        if not keep_dir:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -21,6 +21,7 @@ from nsbackup.gateway.context import GatewaySettings
 from nsbackup.obscure import obscure
 from nsbackup.plugins import PluginHost
 from nsbackup.restic import restic_env, run_restic
+from nsbackup.store import Store
 from tests.cluster_seed import PASSWORDS, module_uuid
 from tests.gateway_fixture import (
     NODE_IPS,
@@ -352,3 +353,30 @@ def test_children_do_not_inherit_credentials(
         for pid in pids:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
             assert b"REDIS_PASSWORD" not in environ and PASSWORDS["node/1"].encode() not in environ
+
+
+def test_keeps_serving_while_redis_is_away_and_catches_up(host: PluginHost, tmp_path: Path) -> None:
+    with RedisServer() as server:
+        client = server.client()
+        seed_loopback_cluster(client)
+        port = free_port(NODE_IPS["1"])
+        dest = add_local_destination(client, host, port)
+        with GatewayProcess(server, "1", port, tmp_path) as gw:
+            assert status_as(gw, dest.id, "mail1", PASSWORDS["module/mail1"]) == 404
+            server.stop(keep_dir=True)  # Redis goes away: the gateway keeps serving
+            assert status_as(gw, dest.id, "mail1", PASSWORDS["module/mail1"]) == 404
+            assert (
+                requests.get(f"{gw.url}/{dest.id}/_probe_rest_404", timeout=10).status_code == 404
+            )
+            server.start()  # back, empty: the cluster is written again
+            client = server.client()
+            seed_loopback_cluster(client)
+            Store(client).add_destination(dest, RESTIC_PASSWORD)
+            add_module_user(client, "late1", "1", "late-pw")  # an ACL change while away
+            # on reconnection the gateway catches up without any further event
+            wait_for(
+                lambda: status_as(gw, dest.id, "late1", "late-pw") != 401,
+                timeout=30,
+                what="the gateway to resubscribe and load the new user",
+            )
+            assert gw.proc is not None and gw.proc.poll() is None
