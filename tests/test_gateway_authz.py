@@ -792,3 +792,15 @@ def test_node_restic_forget_works(world: World) -> None:
     result = world.restic(repo, "node1", "forget", victim)
     assert result.returncode == 0, result.stderr
     assert victim not in _names(world, repo, "snapshots")
+
+
+def test_refused_overwrites_always_get_their_403(world: World) -> None:
+    """The append-only server refuses before reading the body; HAProxy buffers bodies up to a
+    buffer (64 KiB) so the refusal reaches the client every time (without buffering, 32 KiB
+    bodies came back as an empty reply about 5 times in 300)."""
+    name = world.values["data_mail1"]
+    path = f"{world.values['mail1']}/data/{name}"
+    statuses = {
+        world.request("POST", path, AUTH["mail1"], REST, b"x" * 4096)[0] for _ in range(200)
+    }
+    assert statuses == {403}
