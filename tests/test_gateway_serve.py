@@ -136,6 +136,7 @@ def test_module_and_node_data_path(
         # the local disk really holds the repository
         assert (tmp_path / "node1" / "repo" / "mail" / module_uuid("mail1") / "config").exists()
         assert gw.stop() == 0
+    assert not GatewaySettings(gw.state_dir).run_dir.exists()  # sockets and pid file removed
     leftovers = subprocess.run(
         ["pgrep", "-f", str(tmp_path / "node1" / "state")],
         capture_output=True,

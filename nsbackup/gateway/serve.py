@@ -186,7 +186,7 @@ class Generation:
             str(self.config),
         ):
             Path(path).unlink(missing_ok=True)
-        shutil.rmtree(self.config.parent / "cache", ignore_errors=True)
+        shutil.rmtree(self.config.parent, ignore_errors=True)  # config copy and cache
 
 
 class Gateway:
@@ -269,8 +269,13 @@ class Gateway:
                 thread.join(timeout=1)
         if self.generation is not None:
             self.generation.stop()
-        for name in ("haproxy.pid",):
-            (self.settings.run_dir / name).unlink(missing_ok=True)
+        # HAProxy leaves its sockets behind; nothing of this gateway stays in the run dir.
+        for path in (
+            self.settings.admin_socket,
+            self.settings.master_socket,
+            str(self.settings.run_dir / "haproxy.pid"),
+        ):
+            Path(path).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.settings.run_dir.rmdir()
 
