@@ -6,6 +6,7 @@ import filecmp
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -338,6 +339,7 @@ def test_killed_gateway_leaves_no_process(
         timeout=15,
         what="haproxy and rclone to exit with their parent",
     )
+    shutil.rmtree(run_dir, ignore_errors=True)  # what a SIGKILL leaves: no process, files
 
 
 def test_children_do_not_inherit_credentials(
