@@ -13,6 +13,7 @@ import pytest
 
 from nsbackup.cli import main
 from nsbackup.obscure import reveal
+from tests.builtin import BUILTIN_PROVIDERS
 
 NSBACKUP = str(Path(sys.executable).parent / "nsbackup")
 CANARY = "canary-Cl1-secret"
@@ -41,16 +42,7 @@ def test_console_script_providers_json() -> None:
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert {p["name"] for p in data} == {
-        "aws",
-        "generic-s3",
-        "backblaze",
-        "azure",
-        "smb",
-        "webdav",
-        "cluster",
-        "rclone",
-    }
+    assert {p["name"] for p in data} == BUILTIN_PROVIDERS
     smb = next(p for p in data if p["name"] == "smb")
     params = {p["name"]: p for p in smb["parameters"]}
     assert params["smb_pass"]["secret"] and params["smb_pass"]["required"]

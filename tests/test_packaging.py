@@ -8,8 +8,6 @@ dependencies from the package index (its cache keeps later runs fast).
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import re
 import shutil
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.builtin import BUILTIN_PLUGINS, BUILTIN_PROVIDERS
+from tests.builtin import BUILTIN_PLUGINS, BUILTIN_PROVIDERS, build_isolation_args
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = REPO / "plugins"
@@ -81,19 +79,6 @@ def test_every_builtin_plugin_module_has_an_entry_point_and_vice_versa() -> None
 
 
 # -- slow: a wheel in a clean virtualenv ------------------------------------------------------
-
-
-def build_isolation_args() -> list[str]:
-    """``--no-build-isolation`` when this Python can build wheels itself (offline and fast):
-    setuptools >= 70.1 has ``bdist_wheel`` built in, older ones need the ``wheel`` package.
-    Otherwise pip fetches the build backend from the index into an isolated environment."""
-    if importlib.util.find_spec("wheel") is not None:
-        return ["--no-build-isolation"]
-    try:
-        major, minor = importlib.metadata.version("setuptools").split(".")[:2]
-    except importlib.metadata.PackageNotFoundError:
-        return []
-    return ["--no-build-isolation"] if (int(major), int(minor)) >= (70, 1) else []
 
 
 def run(cmd: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -14,6 +14,7 @@ from nsbackup.errors import ValidationFailed
 from nsbackup.model import DestinationRequest, PreparedDestination
 from nsbackup.obscure import obscure, reveal
 from nsbackup.plugins import PluginHost
+from tests.builtin import BUILTIN_PLUGINS
 from tests.rclone_check import dump
 
 CANARY = "canary-S3cr3t-7f3a"
@@ -104,15 +105,7 @@ def errors_of(host: PluginHost, payload: dict[str, Any]) -> list[dict[str, Any]]
 def test_eight_providers_are_registered(host: PluginHost) -> None:
     assert sorted(host.providers) == sorted(REQUESTS)
     for name in REQUESTS:
-        assert host.owner("provider", name) in {
-            "s3",
-            "backblaze",
-            "azure",
-            "smb",
-            "webdav",
-            "cluster",
-            "rclone",
-        }
+        assert host.owner("provider", name) in BUILTIN_PLUGINS
 
 
 @pytest.mark.parametrize("name", sorted(REQUESTS))

@@ -9,8 +9,6 @@ against ``rclone serve sftp``.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -29,7 +27,7 @@ from nsbackup.obscure import reveal
 from nsbackup.plugins import DISABLE_ENV, PluginHost, load_plugins
 from nsbackup.probe import probe
 from nsbackup.testing import check_provider
-from tests.builtin import BUILTIN_PLUGINS, BUILTIN_PROVIDERS
+from tests.builtin import BUILTIN_PLUGINS, BUILTIN_PROVIDERS, build_isolation_args
 from tests.servers import RcloneSftpServer, free_port
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -39,19 +37,6 @@ CLI_TIMEOUT = 60
 
 
 # -- installing and running -------------------------------------------------------------------
-
-
-def build_isolation_args() -> list[str]:
-    """``--no-build-isolation`` when this Python can build wheels itself (offline and fast):
-    setuptools >= 70.1 has ``bdist_wheel`` built in, older ones need the ``wheel`` package.
-    Otherwise pip fetches the build backend from the index into an isolated environment."""
-    if importlib.util.find_spec("wheel") is not None:
-        return ["--no-build-isolation"]
-    try:
-        major, minor = importlib.metadata.version("setuptools").split(".")[:2]
-    except importlib.metadata.PackageNotFoundError:
-        return []
-    return ["--no-build-isolation"] if (int(major), int(minor)) >= (70, 1) else []
 
 
 def pip_install(package: Path, target: Path, scratch: Path) -> Path:

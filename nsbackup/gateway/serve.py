@@ -251,7 +251,7 @@ class Gateway:
             "gateway of node %s listening on %s (generation %d, %d destination(s))",
             self.node_id,
             self.settings.listen,
-            context.sockets and self._next - 1,
+            self.generation.number if self.generation else -1,
             len(context.destinations),
         )
 
@@ -373,6 +373,7 @@ class Gateway:
             log.info("generation %d stopped", old.number)
 
         thread = threading.Thread(target=drain, name=f"drain-g{old.number}", daemon=True)
+        self._drains = [t for t in self._drains if t.is_alive() or not t.ident]
         self._drains.append(thread)
         self._pending_retire = thread
 
