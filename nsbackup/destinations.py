@@ -13,10 +13,9 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import attrs
-
 from nsbackup import ini
-from nsbackup.errors import Conflict, NsbackupError, PluginError, Unreachable, ValidationFailed
+from nsbackup.api import DEFAULT_REPO_DIR
+from nsbackup.errors import NotFound, NsbackupError, PermissionDenied, PluginError, ValidationFailed
 from nsbackup.model import (
     ClusterState,
     Destination,
@@ -29,10 +28,18 @@ from nsbackup.model import (
 )
 from nsbackup.plugins import PluginHost
 from nsbackup.probe import most_important, probe
+from nsbackup.results import (
+    DestinationAdded,
+    DestinationAltered,
+    DestinationItem,
+    DestinationList,
+    DestinationRemoved,
+    DestinationValidation,
+    RenderedDestination,
+)
 from nsbackup.secret import REDACTED, Secret, redacting_filter
-from nsbackup.store import Store
+from nsbackup.store import Store, destination_exists_error
 
-DEFAULT_REPO_DIR = "/var/lib/nsbackup/repo"
 DEFAULT_PASSPHRASE_FILE = "/var/lib/nethserver/cluster/state/backup/passphrase"
 
 
@@ -149,7 +156,9 @@ def display_conf(prepared: PreparedDestination, *, show_secrets: bool = False) -
     return ini.render_section(prepared.id, shown)
 
 
-def render_result(prepared: PreparedDestination, *, show_secrets: bool = False) -> dict[str, Any]:
+def render_result(
+    prepared: PreparedDestination, *, show_secrets: bool = False
+) -> RenderedDestination:
     """``nsbackup destination render --json`` output."""
     return {
         "id": prepared.id,
@@ -188,15 +197,16 @@ def stored_destination(uid: str, public: Mapping[str, str], rclone_conf: str) ->
     )
 
 
-# -- the service behind `nsbackup destination add|alter|remove|list|validate` -----------------
+# -- the service behind `nsbackup destination ...` (``Cluster.destinations``) -----------------
 
 
 class DestinationService:
     """Destinations in Redis, with NS8's payloads and outputs (ref §2.8-2.12).
 
-    ``node_id`` is the local node; ``repo_dir`` the directory its gateway serves for
-    node-hosted (``cluster``) destinations; ``passphrase_file`` the cluster dump passphrase
-    (reported as ``password_exists`` by :meth:`list`).
+    Reached as ``cluster.destinations``. ``node_id`` is the local node; ``repo_dir`` the
+    directory its gateway serves for node-hosted (``cluster``) destinations;
+    ``passphrase_file`` the cluster dump passphrase (reported as ``password_exists`` by
+    :meth:`list`).
     """
 
     def __init__(
@@ -239,7 +249,7 @@ class DestinationService:
             )
         return hosts, self.repo_dir
 
-    def validate(
+    def check_usable(
         self, prepared: PreparedDestination, state: ClusterState | None = None
     ) -> list[NodeValidation]:
         """Probe ``prepared`` from the nodes that use it; raise :class:`ValidationFailed` with
@@ -282,37 +292,56 @@ class DestinationService:
         result = probe(prepared, basepath)
         return NodeValidation(local, result.ok, result.reason, result.detail)
 
-    # -- commands -------------------------------------------------------------------------
-    def validate_request(self, payload: Any) -> dict[str, Any]:
-        """``destination validate``: validation only, nothing saved."""
+    # -- the API --------------------------------------------------------------------------
+    def render(self, payload: Any, *, show_secrets: bool = False) -> RenderedDestination:
+        """The rclone section an add request would produce. No Redis, no network."""
         prepared = prepare(self.host, DestinationRequest.from_payload(payload))
-        results = self.validate(prepared)
-        return {"id": prepared.id, "nodes": [attrs.asdict(r) for r in results]}
+        return render_result(prepared, show_secrets=show_secrets)
 
-    def add(self, payload: Any) -> dict[str, str]:
-        """Validate on the nodes, then save in one transaction; ``{"id", "password"}``."""
+    def validate(self, payload: Any) -> DestinationValidation:
+        """Validate an add request on the nodes that would use it; nothing is saved."""
+        prepared = prepare(self.host, DestinationRequest.from_payload(payload))
+        results = self.check_usable(prepared)
+        return {
+            "id": prepared.id,
+            "nodes": [
+                {"node_id": r.node_id, "ok": r.ok, "reason": r.reason, "detail": r.detail}
+                for r in results
+            ],
+        }
+
+    def add(self, payload: Any) -> DestinationAdded:
+        """NS8's add-backup-repository: validate the request, check that the caller may write
+        destinations, probe the destination from the nodes, then save it in one transaction
+        with its event. Return ``{"id", "password"}`` (the Restic password)."""
         request = DestinationRequest.from_payload(payload)
         prepared = prepare(self.host, request)
         if self.store.destination_exists(prepared.id):
-            raise _exists(prepared.id)
-        self.validate(prepared)
+            raise destination_exists_error(prepared.id)
+        self.store.add_destination(prepared, "", dry_run=True)  # may we? before any probe
+        self.check_usable(prepared)
         password = request.password.reveal() if request.password else secrets.token_hex(32)
-        try:
-            self.store.add_destination(prepared, password)
-        except Conflict:
-            raise _exists(prepared.id) from None
+        self.store.add_destination(prepared, password)
         redacting_filter.add(password)
         return {"id": prepared.id, "password": password}
 
-    def alter(self, payload: Any) -> None:
+    def alter(self, payload: Any) -> DestinationAltered:
+        """NS8's alter-backup-repository: the UUID and the Restic password never change; an
+        empty secret keeps the stored one. Return the id and the names of what changed."""
         request = DestinationRequest.from_payload(payload, alter=True)
         assert request.id is not None
         stored = self._stored(request.id)
         prepared = prepare(self.host, request, stored)
-        self.validate(prepared)
-        self.store.alter_destination(prepared)
+        changed = _changes(stored, prepared)
+        if changed:
+            self.store.alter_destination(prepared, dry_run=True)
+            self.check_usable(prepared)
+            self.store.alter_destination(prepared)
+        return {"id": prepared.id, "changed": changed}
 
-    def remove(self, uid: str) -> dict[str, Any]:
+    def remove(self, uid: str) -> DestinationRemoved:
+        """Remove a destination, its secrets, the schedules that use it and their status keys
+        (the data on the destination stays)."""
         state = self.store.load()
         if uid not in state.destinations:
             raise _not_found(uid)
@@ -320,17 +349,18 @@ class DestinationService:
         self.store.remove_destination(uid, schedules, state.nodes)
         return {"id": uid, "removed_backups": schedules}
 
-    def list(self, *, show_secrets: bool = False) -> dict[str, Any]:
+    def list(self, *, show_secrets: bool = False) -> DestinationList:
         """NS8's list-backup-repositories output; secrets only with ``show_secrets`` and a
         reader allowed to see them."""
         state = self.store.load()
         if show_secrets and not state.privileged:
-            raise Unreachable(
-                "permission denied: showing secrets needs a node-privileged Redis user"
+            raise PermissionDenied(
+                f"permission denied: Redis user {self.store.reader_user!r} may not read "
+                "secrets; showing them needs a node-privileged user"
             )
-        items = []
+        items: list[DestinationItem] = []
         for dest in state.destinations.values():
-            item: dict[str, Any] = {
+            item: DestinationItem = {
                 "id": dest.id,
                 "provider": dest.provider,
                 "name": dest.name,
@@ -348,7 +378,7 @@ class DestinationService:
         if provider is None or dest.rclone_conf is None:
             return {}
         stored = stored_destination(dest.id, dest.public(), dest.rclone_conf)
-        return provider.parameters_from_section(stored.section, hide_secrets)
+        return dict(provider.parameters_from_section(stored.section, hide_secrets))
 
     def _stored(self, uid: str) -> StoredDestination:
         dest = self.store.read_destination(uid)
@@ -357,14 +387,26 @@ class DestinationService:
         return stored_destination(uid, dest.public(), dest.rclone_conf)
 
 
-def _exists(uid: str) -> ValidationFailed:
-    return ValidationFailed(
-        [FieldError("", "", "", "backup_repository_exists", f"destination {uid} exists already")]
-    )
+def _changes(stored: StoredDestination, prepared: PreparedDestination) -> list[str]:
+    """Names of the public fields and rclone options an alter changes (values never shown)."""
+    changed = [
+        name
+        for name, before, after in (
+            ("name", stored.name, prepared.name),
+            ("url", stored.url, prepared.url),
+            ("basepath", stored.basepath, prepared.public_basepath),
+        )
+        if before != after
+    ]
+    section = {k: str.__str__(v) for k, v in prepared.section.items()}
+    for key in sorted(set(stored.section) | set(section)):
+        if stored.section.get(key) != section.get(key):
+            changed.append(f"rclone:{key}")
+    return changed
 
 
-def _not_found(uid: str) -> ValidationFailed:
-    return ValidationFailed(
+def _not_found(uid: str) -> NotFound:
+    return NotFound(
         [FieldError("id", "id", uid, "backup_repository_not_found", f"destination {uid} not found")]
     )
 

@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
@@ -335,4 +336,42 @@ def load_plugins(
             log.warning("%s", failure)
             if on_failure is not None:
                 on_failure(failure)
+    return host
+
+
+# -- once per process ---------------------------------------------------------------------------
+
+_entry_points: tuple[importlib.metadata.EntryPoint, ...] | None = None
+_shared: dict[frozenset[str], PluginHost] = {}
+_lock = threading.Lock()
+
+
+def entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    """The ``nsbackup`` entry points, read from the installed distributions once per process."""
+    global _entry_points
+    if _entry_points is None:
+        _entry_points = tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return _entry_points
+
+
+def plugin_host(extra: Iterable[object] = ()) -> PluginHost:
+    """The plugins of this process: the entry points (loaded once, minus
+    ``NSBACKUP_DISABLE_PLUGINS``) plus ``extra`` plugin objects registered without an entry
+    point (each named after its ``__name__`` or class). A host without extras is shared; an
+    extra that fails to register raises :class:`PluginError`."""
+    extras = list(extra)
+    skip = frozenset(disabled_plugins())
+    if not extras:
+        with _lock:
+            host = _shared.get(skip)
+            if host is None:
+                host = _shared[skip] = load_plugins(entry_points(), disabled=set(skip))
+        return host
+    host = load_plugins(entry_points(), disabled=set(skip))
+    for plugin in extras:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        try:
+            host.register_plugin(plugin, str(name), "(embedded)", "")
+        except PluginError as exc:
+            raise PluginError(f"plugin {name} failed to register: {exc}") from None
     return host

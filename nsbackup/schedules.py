@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping
 from typing import Any
 
-from nsbackup.errors import Unreachable, ValidationFailed
+from nsbackup.errors import NotFound, Unreachable, ValidationFailed
 from nsbackup.model import CONTROL_CHARS, ClusterState, FieldError, Schedule, field_error
+from nsbackup.results import (
+    BackupInstance,
+    BackupItem,
+    BackupList,
+    ScheduleAltered,
+    ScheduleRemoved,
+    UnconfiguredInstance,
+)
 from nsbackup.store import Store
 
 MAX_SCHEDULE = 64
@@ -33,6 +42,8 @@ def check_calendar(expression: str) -> bool:
 
 
 class ScheduleService:
+    """Backup schedules with NS8's payloads and outputs; reached as ``cluster.schedules``."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -186,51 +197,61 @@ class ScheduleService:
         return out
 
     def add(self, payload: Any) -> int:
+        """NS8's add-backup: validate, check that the caller may write schedules, take the next
+        id and save it with its event. Return the id."""
         state = self.store.load()
         values = self._parse(payload, state, alter=False)
-        bid = self.store.next_schedule_id()
-        self.store.write_schedule(
-            Schedule(
-                id=bid,
-                name=values["name"] or f"Backup {bid}",
-                repository=values["repository"],
-                schedule=values["schedule"],
-                retention=values["retention"],
-                enabled=values["enabled"],
-                instances=values["instances"],
-                schedule_hint=values["schedule_hint"],
-            )
+        schedule = Schedule(
+            id=0,
+            name=values["name"],
+            repository=values["repository"],
+            schedule=values["schedule"],
+            retention=values["retention"],
+            enabled=values["enabled"],
+            instances=values["instances"],
+            schedule_hint=values["schedule_hint"],
         )
-        return bid
+        self.store.add_schedule(schedule, dry_run=True)
+        return self.store.add_schedule(schedule).id
 
-    def alter(self, payload: Any) -> None:
+    def alter(self, payload: Any) -> ScheduleAltered:
+        """NS8's alter-backup (the destination cannot change). Return what changed."""
         bid = _backup_id(payload, "backup_object_not_found")
         state = self.store.load()
         current = state.schedules.get(bid)
         if current is None:
             raise _not_found(bid, "backup_object_not_found")
         values = self._parse(payload, state, alter=True, current=current)
-        self.store.write_schedule(
-            Schedule(
-                id=bid,
-                name=values["name"],
-                repository=current.repository,
-                schedule=values["schedule"],
-                retention=values["retention"],
-                enabled=values["enabled"],
-                instances=values["instances"],
-                uinstances=current.uinstances,
-                schedule_hint=values["schedule_hint"],
-            )
+        altered = Schedule(
+            id=bid,
+            name=values["name"],
+            repository=current.repository,
+            schedule=values["schedule"],
+            retention=values["retention"],
+            enabled=values["enabled"],
+            instances=values["instances"],
+            uinstances=current.uinstances,
+            schedule_hint=values["schedule_hint"],
         )
+        changed = [
+            name
+            for name in ("name", "schedule", "retention", "enabled", "instances", "schedule_hint")
+            if getattr(current, name) != getattr(altered, name)
+        ]
+        if changed:
+            self.store.write_schedule(altered)
+        return {"id": bid, "changed": changed}
 
-    def remove(self, bid: int) -> None:
+    def remove(self, bid: int | str) -> ScheduleRemoved:
+        """NS8's remove-backup, plus the schedule's status keys on every node."""
+        number = _backup_id({"id": bid}, "backup_not_found")
         state = self.store.load()
-        if bid not in state.schedules:
-            raise _not_found(bid, "backup_not_found")
-        self.store.remove_schedule(bid, state.nodes)
+        if number not in state.schedules:
+            raise _not_found(number, "backup_not_found")
+        self.store.remove_schedule(number, state.nodes)
+        return {"id": number}
 
-    def list(self) -> dict[str, Any]:
+    def list(self) -> BackupList:
         """NS8's list-backups output, read in a constant number of round trips."""
         state = self.store.load(statuses=True)
         status_of: dict[tuple[int, str], dict[str, Any]] = {}
@@ -241,9 +262,9 @@ class ScheduleService:
                     shown["success"] = shown.pop("errors", 1) == 0
                     status_of[(bid, mid)] = shown
         configured: set[str] = set()
-        backups = []
+        backups: list[BackupItem] = []
         for bid, sched in sorted(state.schedules.items()):
-            items = []
+            items: list[BackupInstance] = []
             for mid in sched.instances:
                 configured.add(mid)
                 module = state.modules.get(mid)
@@ -269,7 +290,7 @@ class ScheduleService:
                     "enabled": sched.enabled,
                 }
             )
-        unconfigured = [
+        unconfigured: list[UnconfiguredInstance] = [
             {"id": m.id, "ui_name": m.ui_name}
             for m in state.modules.values()
             if m.id not in configured and "no_data_backup" not in m.flags
@@ -279,10 +300,14 @@ class ScheduleService:
 
 def _backup_id(payload: Any, error: str) -> int:
     raw = payload.get("id") if isinstance(payload, Mapping) else None
-    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
-        raise ValidationFailed([FieldError("id", "id", raw, error, "id must be a backup id")])
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise ValidationFailed(
+            [FieldError("id", "id", raw, "type", "id must be a backup id (a positive integer)")]
+        )
+    if not re.fullmatch(r"[0-9]{1,18}", str(raw)) or int(raw) < 1:
+        raise NotFound([FieldError("id", "id", raw, error, f"backup {raw!r} not found")])
     return int(raw)
 
 
-def _not_found(bid: int, error: str) -> ValidationFailed:
-    return ValidationFailed([FieldError("id", "id", bid, error, f"backup {bid} not found")])
+def _not_found(bid: int, error: str) -> NotFound:
+    return NotFound([FieldError("id", "id", bid, error, f"backup {bid} not found")])

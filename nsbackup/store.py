@@ -4,6 +4,9 @@ This module is the only one that knows key names (SPEC §1, ref §1). Reads that
 are one pipeline (two round trips for a whole :class:`ClusterState`, whatever the number of
 modules, destinations or schedules); writes that belong together are one ``MULTI`` with the
 event they publish. Reads may come from a local replica while writes go to the leader.
+
+Every Redis failure leaves this module as an :class:`~nsbackup.errors.NsbackupError` that names
+the Redis user and what it was refused (never a value: a refused ``HSET`` may carry a secret).
 """
 
 from __future__ import annotations
@@ -11,16 +14,27 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import attrs
 import redis
 
-from nsbackup.errors import Conflict, NotFound, Unreachable
+from nsbackup.api import check_url, hide_password
+from nsbackup.errors import (
+    Conflict,
+    NotFound,
+    NsbackupError,
+    PermissionDenied,
+    Unreachable,
+    ValidationFailed,
+)
 from nsbackup.model import (
     ClusterState,
     Destination,
+    FieldError,
     Module,
     Node,
     PreparedDestination,
@@ -60,15 +74,22 @@ T = TypeVar("T")
 def connect(
     url: str, *, username: str | None = None, password: str | None = None, timeout: float = 10
 ) -> redis.Redis:
-    """A client for ``url``; credentials from the URL, else the arguments, else
-    ``REDIS_USER``/``REDIS_PASSWORD``."""
-    client: redis.Redis = redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        **_credentials(url, username, password),
-    )
+    """A client for ``url`` (no I/O yet); credentials from the URL, else the arguments, else
+    ``REDIS_USER``/``REDIS_PASSWORD``. A URL redis-py cannot use is a validation error on
+    ``redis``."""
+    check_url(url)
+    try:
+        client: redis.Redis = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            **_credentials(url, username, password),
+        )
+    except ValueError as exc:
+        raise ValidationFailed.one(
+            "redis", hide_password(url), "invalid_url", f"invalid Redis URL: {exc}"
+        ) from None
     return client
 
 
@@ -88,43 +109,201 @@ def _credentials(url: str, username: str | None, password: str | None) -> dict[s
     return creds
 
 
-@contextmanager
-def redis_errors() -> Iterator[None]:
-    """Map Redis failures to nsbackup errors (exit 5)."""
-    try:
-        yield
-    except redis.exceptions.NoPermissionError as exc:
-        raise Unreachable(f"Redis permission denied: {_first_line(exc)}") from None
-    except redis.AuthenticationError as exc:
-        raise Unreachable(f"Redis authentication failed: {_first_line(exc)}") from None
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise Unreachable(f"Redis unreachable: {_first_line(exc)}") from None
+def text_client(client: Any) -> Any:
+    """``client`` itself when it decodes replies to ``str`` (NS8's ``redis_connect()`` does),
+    else a sibling client with the same connection settings that does (its own pool; no I/O).
+    """
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    if kwargs.get("decode_responses"):
+        return client
+    kwargs["decode_responses"] = True
+    sibling_pool = redis.ConnectionPool(
+        connection_class=pool.connection_class,
+        max_connections=getattr(pool, "max_connections", None),
+        **kwargs,
+    )
+    return redis.Redis(connection_pool=sibling_pool)
+
+
+def identity(client: Any) -> str:
+    """The Redis user a client authenticates as (``default`` when it gives none)."""
+    kwargs = client.connection_pool.connection_kwargs
+    return str(kwargs.get("username") or "default")
+
+
+_PIPELINE_PREFIX = re.compile(r"^Command # (\d+) \(.*?\) of pipeline caused error: ", re.S)
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # redis-py quotes the whole refused command (values included, possibly secrets) in
+    # pipeline errors: keep only Redis' own reason.
+    text = _PIPELINE_PREFIX.sub("", str(exc))
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def map_redis_error(exc: BaseException, user: str, what: str = "") -> NsbackupError | None:
+    """The :class:`NsbackupError` for a redis-py exception, or ``None`` if it is not one."""
+    doing = f" ({what})" if what else ""
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and str(exc).startswith("NOPERM")
+    ):
+        return PermissionDenied(
+            f"permission denied: Redis user {user!r} may not do this{doing}: {_first_line(exc)}"
+        )
+    if isinstance(
+        exc, redis.AuthenticationError | redis.exceptions.AuthenticationWrongNumberOfArgsError
+    ):
+        return PermissionDenied(
+            f"Redis authentication failed for user {user!r}: {_first_line(exc)}"
+        )
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        return Unreachable(f"Redis unreachable{doing}: {_first_line(exc)}")
+    if isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):
+        return Unreachable(f"Redis refused the database: {_first_line(exc)}")
+    if isinstance(exc, redis.RedisError):
+        return NsbackupError(f"Redis error{doing}: {_first_line(exc)}")
+    return None
+
+
+@contextmanager
+def redis_errors(user: str = "default", what: str = "") -> Iterator[None]:
+    """Map Redis failures to nsbackup errors (permission and connection errors exit 5)."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        mapped = map_redis_error(exc, user, what)
+        if mapped is None:  # pragma: no cover - every RedisError maps
+            raise
+        raise mapped from None
+
+
+@attrs.frozen
+class Op:
+    """One write command of a transaction: ``command key *args``, or a ``PUBLISH``."""
+
+    command: str
+    key: str
+    args: tuple[str, ...] = attrs.field(default=(), repr=False)  # values may be secrets
+
+    def describe(self) -> str:
+        if self.command == "PUBLISH":
+            return f"publish on channel {self.key}"
+        return f"run {self.command} on key {self.key}"
+
+
+def _hset(key: str, mapping: Mapping[str, str]) -> Op:
+    args: list[str] = []
+    for field, value in mapping.items():
+        args += [field, value]
+    return Op("HSET", key, tuple(args))
 
 
 class Store:
-    """Reads from ``reader`` (e.g. the local replica), writes to ``writer`` (the leader)."""
+    """Reads from ``reader`` (e.g. the local replica), writes to ``writer`` (the leader).
 
-    def __init__(self, reader: redis.Redis, writer: redis.Redis | None = None) -> None:
+    Clients that do not decode replies are replaced by siblings that do (:func:`text_client`).
+    """
+
+    def __init__(self, reader: Any, writer: Any | None = None) -> None:
         # redis-py's annotations are loose (bytes | str everywhere): hold the clients as Any.
-        self.reader: Any = reader
-        self.writer: Any = writer if writer is not None else reader
+        self.reader: Any = text_client(reader)
+        self.writer: Any = self.reader if writer is None else text_client(writer)
+        self.reader_user = identity(self.reader)
+        self.user = identity(self.writer)
         self.round_trips = 0
 
     # -- helpers --------------------------------------------------------------------------
-    def _run(self, pipe: Any) -> list[Any]:
+    def _run(self, pipe: Any, user: str | None = None) -> list[Any]:
         self.round_trips += 1
-        with redis_errors():
+        with redis_errors(user or self.reader_user):
             result: list[Any] = pipe.execute(raise_on_error=False)
         return result
 
-    def _call(self, func: Callable[[], T]) -> T:
+    def _call(self, func: Callable[[], T], user: str | None = None) -> T:
         self.round_trips += 1
-        with redis_errors():
+        with redis_errors(user or self.reader_user):
             return func()
+
+    def _refused(self, item: Any, what: str = "read") -> NsbackupError:
+        mapped = (
+            map_redis_error(item, self.reader_user, what) if isinstance(item, Exception) else None
+        )
+        return mapped or NsbackupError(f"Redis refused the {what}")
+
+    def check_writable(self, ops: Sequence[Op]) -> None:
+        """Ask Redis whether the writer may run ``ops``: they are queued inside ``MULTI`` and
+        discarded, so nothing is written. Raise :class:`PermissionDenied` naming the first
+        refused command. One round trip (two when ``MULTI`` itself is refused)."""
+        self.round_trips += 1
+        pool = self.writer.connection_pool
+        refused: tuple[Op, Exception] | None = None
+        with redis_errors(self.user, "checking write permissions"):
+            try:
+                conn = pool.get_connection()
+            except TypeError:  # redis-py < 5.3 wants a command name
+                conn = pool.get_connection("MULTI")
+            try:
+                try:
+                    conn.send_command("MULTI")
+                    conn.read_response()
+                except redis.ResponseError as exc:  # without MULTI nothing may be queued
+                    mapped = map_redis_error(exc, self.user, "use transactions")
+                    raise (mapped or exc) from None
+                commands = [(op.command, op.key, *op.args) for op in ops] + [("DISCARD",)]
+                conn.send_packed_command(conn.pack_commands(commands))
+                for op in ops:
+                    try:
+                        conn.read_response()
+                    except redis.ResponseError as exc:
+                        refused = refused or (op, exc)
+                conn.read_response()  # DISCARD
+            except BaseException:
+                conn.disconnect()  # its transaction state is unknown
+                raise
+            finally:
+                pool.release(conn)
+        if refused is not None:
+            op, error = refused
+            mapped = map_redis_error(error, self.user, op.describe())
+            raise mapped or NsbackupError(_first_line(error))
+
+    def _execute(
+        self,
+        ops: Sequence[Op],
+        *,
+        watch: Sequence[str] = (),
+        guard: Callable[[Any], None] | None = None,
+        conflict: Callable[[], NsbackupError] | None = None,
+    ) -> None:
+        """Run ``ops`` in one ``MULTI``/``EXEC``. With ``watch``, ``guard(pipe)`` runs after
+        ``WATCH`` (it may raise) and a concurrent change raises ``conflict()``."""
+        self.round_trips += 1
+        try:
+            with self.writer.pipeline(transaction=True) as pipe:
+                if watch:
+                    pipe.watch(*watch)
+                    if guard is not None:
+                        guard(pipe)
+                    pipe.multi()
+                for op in ops:
+                    pipe.execute_command(op.command, op.key, *op.args)
+                pipe.execute()
+        except redis.WatchError:
+            if conflict is None:
+                raise NsbackupError("a concurrent change interrupted the write") from None
+            raise conflict() from None
+        except redis.RedisError as exc:
+            m = re.match(r"Command # (\d+) ", str(exc))
+            index = int(m.group(1)) - 1 if m else -1
+            what = ops[index].describe() if 0 <= index < len(ops) else "write"
+            raise (map_redis_error(exc, self.user, what) or NsbackupError(str(exc))) from None
+
+    def _write(self, ops: Sequence[Op], dry_run: bool) -> None:
+        if dry_run:
+            self.check_writable(ops)
+        else:
+            self._execute(ops)
 
     # -- the snapshot ---------------------------------------------------------------------
     def load(self, *, statuses: bool = False) -> ClusterState:
@@ -156,7 +335,7 @@ class Store:
         ) = self._run(pipe)
         fatal = [r for r in (sequence, module_uuid, module_node) if isinstance(r, Exception)]
         if fatal:
-            raise Unreachable(f"Redis refused the read: {_first_line(fatal[0])}")
+            raise self._refused(fatal[0])
         privileged = not isinstance(confs, Exception)
         if privileged:
             dest_ids = sorted(confs)
@@ -274,7 +453,7 @@ class Store:
         public, conf, password = self._run(pipe)
         for item in (public, conf, password):
             if isinstance(item, Exception):
-                raise Unreachable(f"Redis refused the read: {_first_line(item)}")
+                raise self._refused(item)
         if not public and conf is None:
             return None
         return Destination(
@@ -291,85 +470,125 @@ class Store:
         pipe = self.writer.pipeline(transaction=False)
         pipe.exists(DESTINATION.format(uid))
         pipe.hexists(RCLONE_CONF, uid)
-        exists_public, exists_conf = self._run(pipe)
+        exists_public, exists_conf = self._run(pipe, self.user)
+        for item in (exists_public, exists_conf):
+            if isinstance(item, Exception):
+                raise self._refused(item)
         return bool(exists_public) or exists_conf is True
 
-    def add_destination(self, prepared: PreparedDestination, password: str) -> None:
+    @staticmethod
+    def _destination_ops(
+        prepared: PreparedDestination, password: str | None, event: bool = True
+    ) -> list[Op]:
+        key = DESTINATION.format(prepared.id)
+        ops = [Op("HSET", RCLONE_CONF, (prepared.id, prepared.rclone_conf))]
+        if password is not None:
+            ops.append(Op("HSET", RESTIC_PASSWORD, (prepared.id, password)))
+        ops += [Op("DEL", key), _hset(key, prepared.public())]
+        if event:
+            ops.append(_publish_destinations([prepared.id]))
+        return ops
+
+    def add_destination(
+        self, prepared: PreparedDestination, password: str, *, dry_run: bool = False
+    ) -> None:
         """Write a new destination and publish its event, in one transaction.
 
         Raise :class:`Conflict` (``backup_repository_exists``) when it exists already, also
-        when another client adds it concurrently (the keys are WATCHed).
+        when another client adds it concurrently (the keys are WATCHed). With ``dry_run`` only
+        check that the writer may (nothing is written).
         """
+        ops = self._destination_ops(prepared, password)
+        if dry_run:
+            self.check_writable(ops)
+            return
         key = DESTINATION.format(prepared.id)
-        with redis_errors(), self.writer.pipeline(transaction=True) as pipe:
-            self.round_trips += 1
-            pipe.watch(key, RCLONE_CONF)
-            if pipe.exists(key) or pipe.hexists(RCLONE_CONF, prepared.id):
-                raise Conflict("backup_repository_exists")
-            pipe.multi()
-            pipe.hset(RCLONE_CONF, prepared.id, prepared.rclone_conf)
-            pipe.hset(RESTIC_PASSWORD, prepared.id, password)
-            pipe.delete(key)
-            pipe.hset(key, mapping=prepared.public())
-            pipe.publish(EVENT_DESTINATION_CHANGED, _event_destinations([prepared.id]))
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise Conflict("backup_repository_exists") from None
 
-    def alter_destination(self, prepared: PreparedDestination) -> None:
-        key = DESTINATION.format(prepared.id)
-        pipe = self.writer.pipeline(transaction=True)
-        pipe.hset(RCLONE_CONF, prepared.id, prepared.rclone_conf)
-        pipe.delete(key)
-        pipe.hset(key, mapping=prepared.public())
-        pipe.publish(EVENT_DESTINATION_CHANGED, _event_destinations([prepared.id]))
-        _raise_first(self._run(pipe))
+        def guard(pipe: Any) -> None:
+            with redis_errors(self.user):
+                exists = pipe.exists(key) or pipe.hexists(RCLONE_CONF, prepared.id)
+            if exists:
+                raise destination_exists_error(prepared.id)
+
+        self._execute(
+            ops,
+            watch=(key, RCLONE_CONF),
+            guard=guard,
+            conflict=lambda: destination_exists_error(prepared.id),
+        )
+
+    def alter_destination(self, prepared: PreparedDestination, *, dry_run: bool = False) -> None:
+        self._write(self._destination_ops(prepared, None), dry_run)
 
     def remove_destination(
-        self, uid: str, schedule_ids: Sequence[int], node_ids: Iterable[str]
+        self,
+        uid: str,
+        schedule_ids: Sequence[int],
+        node_ids: Iterable[str],
+        *,
+        dry_run: bool = False,
     ) -> None:
         """Remove a destination, its secrets, the schedules that use it and their status keys;
         publish the schedule event (prom files are purged on it) and the destination event."""
         nodes = list(node_ids)
-        pipe = self.writer.pipeline(transaction=True)
-        pipe.delete(DESTINATION.format(uid))
-        pipe.hdel(RCLONE_CONF, uid)
-        pipe.hdel(RESTIC_PASSWORD, uid)
+        ops = [
+            Op("DEL", DESTINATION.format(uid)),
+            Op("HDEL", RCLONE_CONF, (uid,)),
+            Op("HDEL", RESTIC_PASSWORD, (uid,)),
+        ]
         for bid in schedule_ids:
-            pipe.delete(SCHEDULE.format(bid))
-            for node in nodes:
-                pipe.delete(STATUS.format(node, bid))
+            ops.append(Op("DEL", SCHEDULE.format(bid)))
+            ops += [Op("DEL", STATUS.format(node, bid)) for node in nodes]
         if schedule_ids:
-            pipe.publish(EVENT_SCHEDULE_CHANGED, _event_schedules(schedule_ids))
-        pipe.publish(EVENT_DESTINATION_CHANGED, _event_destinations([uid]))
-        _raise_first(self._run(pipe))
+            ops.append(_publish_schedules(schedule_ids))
+        ops.append(_publish_destinations([uid]))
+        self._write(ops, dry_run)
 
     # -- schedules ------------------------------------------------------------------------
-    def next_schedule_id(self) -> int:
-        return int(self._call(lambda: self.writer.incr(SEQUENCE)))
+    def add_schedule(self, schedule: Schedule, *, dry_run: bool = False) -> Schedule:
+        """Take the next id (``INCR cluster/backup_sequence``) and write ``schedule`` under it
+        with its event; return it with its id. ``dry_run`` checks the permissions only."""
+        if dry_run:
+            self.check_writable(
+                [Op("INCR", SEQUENCE), *self._schedule_ops(attrs.evolve(schedule, id=0))]
+            )
+            return schedule
+        bid = self._call(lambda: int(self.writer.incr(SEQUENCE)), self.user)
+        stored = attrs.evolve(schedule, id=bid, name=schedule.name or f"Backup {bid}")
+        self._execute(self._schedule_ops(stored))
+        return stored
 
-    def write_schedule(self, schedule: Schedule) -> None:
+    @staticmethod
+    def _schedule_ops(schedule: Schedule) -> list[Op]:
         key = SCHEDULE.format(schedule.id)
-        pipe = self.writer.pipeline(transaction=True)
-        pipe.delete(key)
-        pipe.hset(key, mapping=schedule_to_hash(schedule))
-        pipe.publish(EVENT_SCHEDULE_CHANGED, _event_schedules([schedule.id]))
-        _raise_first(self._run(pipe))
+        return [
+            Op("DEL", key),
+            _hset(key, schedule_to_hash(schedule)),
+            _publish_schedules([schedule.id]),
+        ]
 
-    def remove_schedule(self, bid: int, node_ids: Iterable[str]) -> None:
-        pipe = self.writer.pipeline(transaction=True)
-        pipe.delete(SCHEDULE.format(bid))
-        for node in node_ids:
-            pipe.delete(STATUS.format(node, bid))
-        pipe.publish(EVENT_SCHEDULE_CHANGED, _event_schedules([bid]))
-        _raise_first(self._run(pipe))
+    def write_schedule(self, schedule: Schedule, *, dry_run: bool = False) -> None:
+        self._write(self._schedule_ops(schedule), dry_run)
+
+    def remove_schedule(self, bid: int, node_ids: Iterable[str], *, dry_run: bool = False) -> None:
+        ops = [Op("DEL", SCHEDULE.format(bid))]
+        ops += [Op("DEL", STATUS.format(node, bid)) for node in node_ids]
+        ops.append(_publish_schedules([bid]))
+        self._write(ops, dry_run)
 
     def read_schedule(self, bid: int) -> Schedule:
         raw = self._call(lambda: self.reader.hgetall(SCHEDULE.format(bid)))
         if not raw:
-            raise NotFound(f"backup {bid} not found")
+            raise NotFound(
+                [FieldError("id", "id", bid, "backup_not_found", f"backup {bid} not found")]
+            )
         return schedule_from_hash(bid, raw)
+
+
+def destination_exists_error(uid: str) -> Conflict:
+    return Conflict(
+        [FieldError("", "", "", "backup_repository_exists", f"destination {uid} exists already")]
+    )
 
 
 # -- formats ----------------------------------------------------------------------------------
@@ -408,19 +627,13 @@ def schedule_to_hash(schedule: Schedule) -> dict[str, str]:
     return data
 
 
-def _event_destinations(ids: Sequence[str]) -> str:
-    return json.dumps({"destination_ids": list(ids)})
+def _publish_destinations(ids: Sequence[str]) -> Op:
+    return Op("PUBLISH", EVENT_DESTINATION_CHANGED, (json.dumps({"destination_ids": list(ids)}),))
 
 
-def _event_schedules(ids: Sequence[int]) -> str:
-    return json.dumps({"backup_ids": [str(i) for i in ids]})
-
-
-def _raise_first(results: Sequence[Any]) -> None:
-    for item in results:
-        if isinstance(item, Exception):
-            with redis_errors():
-                raise item
+def _publish_schedules(ids: Sequence[int]) -> Op:
+    payload = json.dumps({"backup_ids": [str(i) for i in ids]})
+    return Op("PUBLISH", EVENT_SCHEDULE_CHANGED, (payload,))
 
 
 def _str(value: Any) -> str:

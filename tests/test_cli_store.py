@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from nsbackup import cli, hookimpl
+from nsbackup import plugins as plugins_module
 from nsbackup.model import NodeValidation
 from nsbackup.plugins import load_plugins
 from tests.cluster_seed import seed
@@ -249,7 +250,7 @@ def test_canary_secret_never_leaks(
     seed(cluster)
     host = load_plugins(disabled=set())
     host.register_plugin(AcceptRemoteCloud(), "accept-remote-cloud")
-    monkeypatch.setattr(cli, "load_plugins", lambda: host)
+    monkeypatch.setattr(plugins_module, "plugin_host", lambda extra=(): host)
     monkeypatch.setenv("NSBACKUP_REDIS_URL", redis_db.url())
     events = Events(cluster)
     seen = io.StringIO()

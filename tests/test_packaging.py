@@ -171,7 +171,7 @@ def test_wheel_holds_every_plugin_module_and_the_entry_points(wheel: Path) -> No
         if p.suffix == ".py" or p.name == "py.typed"
     }
     assert not expected - names, f"missing from the wheel: {sorted(expected - names)}"
-    assert {"nsbackup/py.typed", "nsbackup/cli.py"} <= names
+    assert {"nsbackup/py.typed", "nsbackup/cli/__init__.py"} <= names
     assert not any(n.startswith(("tests/", "plugins/")) for n in names)
     assert f"[{ENTRY_POINT_GROUP}]" in text
     for name, value in entry_points().items():

@@ -15,7 +15,7 @@ import redis
 
 from nsbackup import hookimpl
 from nsbackup.destinations import DestinationService
-from nsbackup.errors import Unreachable, ValidationFailed
+from nsbackup.errors import PermissionDenied, ValidationFailed
 from nsbackup.model import NodeValidation
 from nsbackup.plugins import PluginHost
 from nsbackup.schedules import ScheduleService
@@ -242,7 +242,7 @@ def test_list_hides_secrets_unless_node_privileged(
     (item,) = listed["repositories"]
     assert item["id"] == added["id"] and "password" not in item
     assert PASSWORD not in json.dumps(listed) and added["password"] not in json.dumps(listed)
-    with pytest.raises(Unreachable):
+    with pytest.raises(PermissionDenied):
         service(redis_db, host, "module/mail1").list(show_secrets=True)
     shown = service(redis_db, host, "node/2").list(show_secrets=True)
     assert shown["repositories"][0]["password"] == added["password"]
@@ -275,11 +275,11 @@ def test_cluster_destination_is_validated_on_its_node(
     )
     elsewhere = DestinationService(store_for(redis_db, "node/2"), host, node_id="2")
     with pytest.raises(ValidationFailed) as info:
-        elsewhere.validate_request({**payload, "url": "webdav:http://10.5.4.12:4694"})
+        elsewhere.validate({**payload, "url": "webdav:http://10.5.4.12:4694"})
     assert info.value.errors[0].error == "backup_repository_not_accessible"
     assert "node 12" in info.value.errors[0].message  # not nodes 1 and 2 (ref §14.10)
     with pytest.raises(ValidationFailed) as info:
-        svc.validate_request({**payload, "url": "webdav:http://10.9.9.9:4694"})
+        svc.validate({**payload, "url": "webdav:http://10.9.9.9:4694"})
     assert "no node has the address" in info.value.errors[0].message
 
 

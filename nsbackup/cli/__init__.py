@@ -1,0 +1,141 @@
+"""The ``nsbackup`` command: a thin wrapper over :class:`nsbackup.Cluster`.
+
+Each command parses its arguments, calls one Cluster method and formats the result. Data goes
+to stdout, messages to stderr; with ``--json`` stdout is exactly one JSON document. Errors are
+mapped to exit codes here and nowhere else (SPEC §7): 0 ok, 1 failure, 2 usage or validation
+error (JSON error list on stdout), 3 partial, 4 busy, 5 unreachable or permission denied,
+6 plugin error. A traceback is printed only with ``-v``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from nsbackup import __version__
+from nsbackup.cli import backup, destination, gateway, info
+from nsbackup.cli.base import Command, Context, Parser, UsageError
+from nsbackup.errors import NsbackupError, ValidationFailed
+
+log = logging.getLogger("nsbackup")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nsbackup.api import Settings
+
+    settings = Settings.from_env()
+    parser = Parser(prog="nsbackup", description="Backup plumbing for NS8-style clusters.")
+    parser.set_defaults(settings=settings)
+    parser.add_argument("--version", action="version", version=f"nsbackup {__version__}")
+    parser.add_argument(
+        "--redis",
+        default=settings.redis_url,
+        help="Redis URL to read (default $NSBACKUP_REDIS_URL or redis://127.0.0.1:6379/0)",
+    )
+    parser.add_argument(
+        "--redis-leader",
+        default=settings.leader_url,
+        help="Redis URL for writes (default $NSBACKUP_REDIS_LEADER_URL, else the --redis URL)",
+    )
+    parser.add_argument(
+        "--node", default=settings.node_id, help="this node's id (default $NODE_ID)"
+    )
+    parser.add_argument(
+        "--repo-dir",
+        default=settings.repo_dir,
+        help="local disk served for node-hosted (cluster) destinations ($NSBACKUP_REPO_DIR)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more messages; -v shows tracebacks"
+    )
+    groups = parser.add_subparsers(dest="group", metavar="GROUP", parser_class=Parser)
+    groups.required = True
+
+    # --json and -v are accepted after the command too (`nsbackup plugins --json`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    common.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more messages"
+    )
+
+    def command(sub: Any, name: str, func: Command, help_: str) -> Any:
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        p.set_defaults(func=func)
+        return p
+
+    def group(name: str, help_: str) -> Any:
+        sub = groups.add_parser(name, help=help_).add_subparsers(
+            dest="command", metavar="COMMAND", parser_class=Parser
+        )
+        sub.required = True
+        return sub
+
+    info.register(groups, command, group)
+    destination.register(group("destination", "backup destinations"), command)
+    backup.register(group("backup", "backup schedules"), command)
+    gateway.register(group("gateway", "the per-node backup gateway"), command)
+    return parser
+
+
+def _report(ctx: Context, exc: NsbackupError) -> int:
+    """The one error boundary: a message on stderr, one JSON document with ``--json``."""
+    if isinstance(exc, ValidationFailed):
+        print(json.dumps(exc.to_json(), indent=2, ensure_ascii=False), file=ctx.out)
+        for e in exc.errors:
+            print(f"error: {e.describe()}", file=ctx.err)
+    else:
+        if ctx.json:
+            print(json.dumps(exc.to_json(), ensure_ascii=False), file=ctx.out)
+        print(f"error: {exc}", file=ctx.err)
+    return exc.exit_code
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    out = out or sys.stdout
+    err = err or sys.stderr
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    from nsbackup.secret import install_redaction
+
+    install_redaction(root)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        ctx = Context(argparse.Namespace(json="--json" in (argv or sys.argv[1:])), out, err)
+        return _report(ctx, ValidationFailed.one("", None, "usage", str(exc)))
+    root.setLevel(
+        logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    )
+    ctx = Context(args, out, err)
+    try:
+        code: int = args.func(ctx)
+        return code
+    except NsbackupError as exc:
+        if args.verbose:
+            traceback.print_exc(file=err)
+        return _report(ctx, exc)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say so plainly; the traceback only with -v
+        if args.verbose:
+            traceback.print_exc(file=err)
+        error = NsbackupError(
+            f"internal error: {type(exc).__name__}" + ("" if args.verbose else " (-v shows where)")
+        )
+        return _report(ctx, error)
+
+
+def entry() -> None:
+    sys.exit(main())

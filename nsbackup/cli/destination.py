@@ -1,0 +1,75 @@
+"""``nsbackup destination ...``: backup destinations (``cluster.destinations``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nsbackup.cli.base import Context, add_data
+
+
+def render(ctx: Context) -> int:
+    result = ctx.cluster.destinations.render(ctx.data(), show_secrets=ctx.args.show_secrets)
+    ctx.emit(result, result["rclone_conf"].rstrip("\n"))
+    return 0
+
+
+def add(ctx: Context) -> int:
+    result = ctx.cluster.destinations.add(ctx.data())
+    ctx.emit(result, result["id"])  # the Restic password only in --json output
+    return 0
+
+
+def alter(ctx: Context) -> int:
+    result = ctx.cluster.destinations.alter(ctx.data())
+    changed = ", ".join(result["changed"]) or "nothing"
+    ctx.emit(result, f"{result['id']}: changed {changed}")
+    return 0
+
+
+def remove(ctx: Context) -> int:
+    result = ctx.cluster.destinations.remove(ctx.args.id)
+    backups = result["removed_backups"]
+    also = f" and backups {', '.join(map(str, backups))}" if backups else ""
+    ctx.emit(result, f"removed {result['id']}{also}")
+    return 0
+
+
+def list_(ctx: Context) -> int:
+    result = ctx.cluster.destinations.list(show_secrets=ctx.args.show_secrets)
+    lines = [
+        f"{r['id']}  {r['provider']:<10} {r['name']}  ({r['url']})" for r in result["repositories"]
+    ]
+    ctx.emit(result, "\n".join(lines) if lines else "no destinations")
+    return 0
+
+
+def validate(ctx: Context) -> int:
+    result = ctx.cluster.destinations.validate(ctx.data())
+    ok = [n["node_id"] for n in result["nodes"] if n["ok"]]
+    ctx.emit(result, f"{result['id']}: usable from node(s) {', '.join(ok)}")
+    return 0
+
+
+def register(group: Any, command: Any) -> None:
+    p = command(
+        group,
+        "render",
+        render,
+        "print the rclone section a request would produce (no Redis needed)",
+    )
+    add_data(p)
+    p.add_argument("--show-secrets", action="store_true", help="show secret values")
+    for name, func, what in (
+        ("add", add, "validate on the nodes, then save; prints id (and password with --json)"),
+        ("alter", alter, "alter; an empty secret keeps the stored one"),
+        ("validate", validate, "validation only, nothing saved"),
+    ):
+        add_data(command(group, name, func, what))
+    p = command(group, "remove", remove, "remove a destination and the backups that use it")
+    p.add_argument("id", metavar="ID", help="the destination UUID")
+    p = command(group, "list", list_, "destinations, without secrets")
+    p.add_argument(
+        "--show-secrets",
+        action="store_true",
+        help="include secrets and Restic passwords (node-privileged users only)",
+    )

@@ -1,0 +1,78 @@
+"""``cluster.gateway``: render the gateway files of the local node, or run its gateway."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nsbackup.errors import ValidationFailed
+from nsbackup.gateway.context import PORT, GatewaySettings
+from nsbackup.plugins import PluginHost
+from nsbackup.results import GatewayRendered
+from nsbackup.store import Store
+
+if TYPE_CHECKING:
+    from nsbackup.gateway.serve import Gateway
+
+DEFAULT_LISTEN = f"0.0.0.0:{PORT}"
+
+
+class GatewayService:
+    """The gateway of node ``node_id``; ``repo_dir`` is the local disk it serves for
+    node-hosted (``cluster``) destinations."""
+
+    def __init__(self, store: Store, host: PluginHost, node_id: str | None, repo_dir: str) -> None:
+        self.store = store
+        self.host = host
+        self.node_id = node_id
+        self.repo_dir = repo_dir
+
+    def _node(self) -> str:
+        if not self.node_id:
+            raise ValidationFailed.one(
+                "node", None, "required", "the local node id is required (--node or NODE_ID)"
+            )
+        return self.node_id
+
+    def render(
+        self,
+        out_dir: str | Path,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        repo_dir: str | None = None,
+    ) -> GatewayRendered:
+        """Write this node's gateway files into ``out_dir`` (atomically; unchanged files are
+        left alone). Destinations that cannot be served are left out and listed in
+        ``skipped``; the others are written."""
+        from nsbackup.gateway.render import build_context, render_files, write_files
+
+        node = self._node()
+        settings = GatewaySettings(
+            Path(out_dir).resolve(), listen=listen, repo_dir=repo_dir or self.repo_dir
+        )
+        state = self.store.load()
+        context, problems = build_context(state, self.host, node, settings)
+        changed = write_files(settings.state_dir, render_files(self.host, context))
+        return {
+            "directory": str(settings.state_dir),
+            "changed": changed,
+            "skipped": [{"id": p.destination, "reason": p.reason} for p in problems],
+        }
+
+    def server(
+        self,
+        state_dir: str | Path,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        repo_dir: str | None = None,
+    ) -> Gateway:
+        """A gateway for this node, not started yet: call ``start()``, ``serve_forever()``
+        (until ``request_stop()``, e.g. from a signal handler) and ``stop()``."""
+        from nsbackup.gateway.serve import Gateway
+
+        settings = GatewaySettings(
+            Path(state_dir).resolve(),
+            listen=listen,
+            repo_dir=str(Path(repo_dir or self.repo_dir).resolve()),
+        )
+        return Gateway(self.store, self.host, self._node(), settings)

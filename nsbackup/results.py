@@ -1,0 +1,185 @@
+"""The shapes of what the API returns: NS8's JSON, written down once as TypedDicts.
+
+Each ``Cluster`` method returns plain dicts and lists of these shapes, exactly what the CLI
+prints with ``--json`` and what NS8's actions print today, so an agent action can
+``json.dump(result, sys.stdout)``. Field names are NS8's (ref §2.8-2.12, §6.2, §7); fields
+nsbackup adds are marked as such.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NotRequired, TypedDict
+
+
+class DestinationAdded(TypedDict):
+    """``destinations.add``: NS8's add-backup-repository output."""
+
+    id: str
+    password: str
+    """The Restic password of every repository in the destination."""
+
+
+class DestinationAltered(TypedDict):
+    """``destinations.alter`` (NS8 prints nothing; nsbackup says what changed)."""
+
+    id: str
+    changed: list[str]
+    """Public fields (``name``, ``url``, ``basepath``) and ``rclone:<option>`` names that
+    changed; never values."""
+
+
+class DestinationRemoved(TypedDict):
+    id: str
+    removed_backups: list[int]
+    """Schedules removed with the destination."""
+
+
+class DestinationItem(TypedDict):
+    """One entry of NS8's list-backup-repositories."""
+
+    id: str
+    provider: str
+    name: str
+    url: str
+    basepath: str
+    parameters: dict[str, str]
+    """Provider parameters; secret ones are ``""`` unless secrets were asked for."""
+    password: NotRequired[str]
+    """The Restic password: only with ``show_secrets``."""
+
+
+class DestinationList(TypedDict):
+    repositories: list[DestinationItem]
+    password_exists: bool
+    """Whether the cluster dump passphrase is set."""
+
+
+class NodeCheck(TypedDict):
+    node_id: str
+    ok: bool
+    reason: str | None
+    """NS8's reason code when the node cannot use the destination."""
+    detail: str
+
+
+class DestinationValidation(TypedDict):
+    id: str
+    nodes: list[NodeCheck]
+
+
+class RenderedDestination(TypedDict):
+    """``destinations.render``: the rclone section a request would produce."""
+
+    id: str
+    name: str
+    provider: str
+    url: str
+    basepath: str
+    """The path inside the remote where repositories live."""
+    rclone_conf: str
+    """Secret values shown as ``***`` unless asked for."""
+
+
+class ScheduleAltered(TypedDict):
+    id: int
+    changed: list[str]
+
+
+class ScheduleRemoved(TypedDict):
+    id: int
+
+
+class ModuleStatus(TypedDict, total=False):
+    """The last run of a module (ref §1.2) in list-backups form: ``errors`` becomes
+    ``success``; ``restic stats`` fields are copied as they are."""
+
+    start: int
+    end: int
+    success: bool
+    total_size: int
+    total_file_count: int
+    snapshots_count: int
+
+
+class BackupInstance(TypedDict):
+    module_id: str
+    ui_name: str
+    repository_path: str
+    """``<app>/<module uuid>`` inside the destination."""
+    status: dict[str, Any] | None
+    """The :class:`ModuleStatus` of the last run, or ``None`` if it never ran."""
+
+
+class BackupItem(TypedDict):
+    """One schedule of NS8's list-backups."""
+
+    id: int
+    name: str
+    repository: str
+    schedule: str
+    schedule_hint: dict[str, Any]
+    retention: int
+    instances: list[BackupInstance]
+    enabled: bool
+
+
+class UnconfiguredInstance(TypedDict):
+    id: str
+    ui_name: str
+
+
+class BackupList(TypedDict):
+    backups: list[BackupItem]
+    unconfigured_instances: list[UnconfiguredInstance]
+
+
+class SkippedDestination(TypedDict):
+    id: str
+    reason: str
+
+
+class GatewayRendered(TypedDict):
+    directory: str
+    changed: list[str]
+    """File names written because their content changed."""
+    skipped: list[SkippedDestination]
+    """Destinations left out (named with the reason)."""
+
+
+class ParameterInfo(TypedDict):
+    name: str
+    description: str
+    required: bool
+    secret: bool
+    pattern: str | None
+    max_length: int
+    obscured: bool
+
+
+class ProviderInfo(TypedDict):
+    name: str
+    description: str
+    url_form: str
+    plugin: str
+    parameters: list[ParameterInfo]
+
+
+class PluginItem(TypedDict):
+    name: str
+    distribution: str
+    version: str
+    hooks: list[str]
+    registered: dict[str, list[str]]
+
+
+class PluginFailureItem(TypedDict):
+    name: str
+    distribution: str
+    version: str
+    error: str
+    message: str
+
+
+class PluginsReport(TypedDict):
+    plugins: list[PluginItem]
+    failures: list[PluginFailureItem]
