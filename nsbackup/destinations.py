@@ -400,9 +400,23 @@ def _changes(stored: StoredDestination, prepared: PreparedDestination) -> list[s
     ]
     section = {k: str.__str__(v) for k, v in prepared.section.items()}
     for key in sorted(set(stored.section) | set(section)):
-        if stored.section.get(key) != section.get(key):
+        if not _same_value(stored.section.get(key), section.get(key)):
             changed.append(f"rclone:{key}")
     return changed
+
+
+def _same_value(before: str | None, after: str | None) -> bool:
+    """Equal, or the same secret obscured twice (rclone obscures with a random IV)."""
+    if before == after:
+        return True
+    if before is None or after is None:
+        return False
+    from nsbackup.obscure import RevealError, reveal
+
+    try:
+        return reveal(before) == reveal(after)
+    except RevealError:
+        return False
 
 
 def _not_found(uid: str) -> NotFound:

@@ -300,7 +300,11 @@ class ScheduleService:
 
 def _backup_id(payload: Any, error: str) -> int:
     raw = payload.get("id") if isinstance(payload, Mapping) else None
-    if isinstance(raw, bool) or not isinstance(raw, int | str):
+    if (
+        isinstance(raw, bool)
+        or not isinstance(raw, int | str)
+        or (isinstance(raw, str) and not re.fullmatch(r"-?[0-9]{1,18}", raw))
+    ):
         raise ValidationFailed(
             [FieldError("id", "id", raw, "type", "id must be a backup id (a positive integer)")]
         )

@@ -38,3 +38,16 @@ def redis_db(redis_server: RedisServer) -> Iterator[RedisServer]:
     """The session's redis-server, emptied (keys and extra users) before each test."""
     redis_server.flush()
     yield redis_server
+
+
+@pytest.fixture()
+def ns8_redis(redis_db: RedisServer) -> Iterator[RedisServer]:
+    """The test cluster (tests/cluster_seed.py) with NS8's exact ACL users and ``default``
+    user (tests/ns8_acl.py)."""
+    from tests.ns8_acl import reset_default, seed_ns8
+
+    seed_ns8(redis_db).close()
+    try:
+        yield redis_db
+    finally:
+        reset_default(redis_db)
