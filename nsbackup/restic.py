@@ -14,7 +14,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from nsbackup.errors import Unreachable
@@ -28,7 +28,19 @@ EXIT_CODES = {
     10: "the repository does not exist",
     11: "the repository is locked",
     12: "wrong repository password",
+    130: "restic was interrupted",
 }
+
+Failure = Literal["no_repository", "locked", "wrong_password", "partial", "fatal"]
+
+# restic < 0.17 says these only in words, with exit status 1 (the texts are the same in 0.18).
+# "unable to open config file" alone is not enough: 0.14 also prints it, and "Is there a
+# repository at the following location?", when the gateway answers 401 or 403.
+_NO_REPOSITORY = re.compile(
+    r"unable to open config file: [^\n]*(?:does not exist|no such file or directory)"
+)
+_LOCKED = "repository is already locked"
+_WRONG_PASSWORD = "wrong password or no key found"
 
 
 def restic_binary() -> str:
@@ -38,10 +50,15 @@ def restic_binary() -> str:
     return found
 
 
-@functools.cache
 def restic_version(binary: str | None = None) -> tuple[int, int, int]:
+    """The version of ``binary`` (default: :func:`restic_binary`), asked once per binary."""
+    return _version_of(binary or restic_binary())
+
+
+@functools.cache
+def _version_of(binary: str) -> tuple[int, int, int]:
     out = subprocess.run(
-        [binary or restic_binary(), "version"],
+        [binary, "version"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -62,12 +79,15 @@ def restic_env(
     gateway_url: str = GATEWAY_URL,
     cache_dir: str | None = None,
     version: tuple[int, int, int] | None = None,
+    binary: str | None = None,
 ) -> dict[str, str]:
     """Environment variables for restic to use ``<gateway>/<repository_path>`` as ``user``.
 
-    ``repository_path`` is ``<destination-uuid>/<app>/<module-uuid>``.
+    ``repository_path`` is ``<destination-uuid>/<app>/<module-uuid>``. The credentials take the
+    form ``version`` understands, by default the version of ``binary`` (default:
+    :func:`restic_binary`); pass the same ``binary`` to :func:`run_restic`.
     """
-    version = version or restic_version()
+    version = version or restic_version(binary)
     base = gateway_url.rstrip("/")
     path = repository_path.strip("/")
     env = {"RESTIC_PASSWORD": restic_password}
@@ -91,14 +111,16 @@ def run_restic(
     timeout: float = 3600,
     progress: Callable[[dict[str, Any]], None] | None = None,
     cwd: str | None = None,
+    binary: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run restic with ``env`` added to a clean environment (no inherited ``RESTIC_*``).
+    """Run ``binary`` (default: :func:`restic_binary`) with ``env`` added to a clean environment
+    (no inherited ``RESTIC_*``).
 
     With ``progress`` and ``--json``, each JSON status line is passed to it as it arrives.
     """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     environ.update(env)
-    command = [restic_binary(), *args]
+    command = [binary or restic_binary(), *args]
     if progress is None or "--json" not in args:
         return subprocess.run(
             command,
@@ -136,3 +158,37 @@ def run_restic(
 
 def explain(returncode: int) -> str:
     return EXIT_CODES.get(returncode, f"restic exited with status {returncode}")
+
+
+def classify_failure(returncode: int, stderr: str, version: tuple[int, int, int]) -> Failure:
+    """What a failed restic command (``returncode`` != 0) of ``version`` ran into.
+
+    - ``no_repository``: there is no repository at the location (``init`` it);
+    - ``locked``: another restic holds a conflicting lock (try again later);
+    - ``wrong_password``: the repository password opens no key;
+    - ``partial``: ``backup`` saved a snapshot without some unreadable source files;
+    - ``fatal``: anything else, including a gateway refusing the credentials (401/403), an
+      interruption and exit codes this function does not know.
+
+    restic >= 0.17.0 exits 10 (no repository) and 11 (locked), >= 0.17.1 exits 12 (wrong
+    password); older ones exit 1 and say it on stderr, which is read then (as plain text or as
+    a ``--json`` error line). Exit 3 (partial backup) exists in every supported version.
+    """
+    if returncode == 0:
+        raise ValueError("restic succeeded: there is no failure to classify")
+    if returncode == 3:
+        return "partial"
+    if version >= (0, 17, 0) and returncode == 10:
+        return "no_repository"
+    if version >= (0, 17, 0) and returncode == 11:
+        return "locked"
+    if version >= (0, 17, 1) and returncode == 12:
+        return "wrong_password"
+    if returncode == 1:
+        if _NO_REPOSITORY.search(stderr):
+            return "no_repository"
+        if _LOCKED in stderr:
+            return "locked"
+        if _WRONG_PASSWORD in stderr:
+            return "wrong_password"
+    return "fatal"

@@ -23,6 +23,7 @@ from nsbackup.obscure import obscure
 from nsbackup.plugins import PluginHost
 from nsbackup.restic import restic_env, run_restic
 from nsbackup.store import Store
+from tests import restic_versions
 from tests.cluster_seed import PASSWORDS, module_uuid
 from tests.gateway_fixture import (
     NODE_IPS,
@@ -34,10 +35,12 @@ from tests.gateway_fixture import (
     wait_for,
 )
 from tests.redis_server import RedisServer
+from tests.restic_versions import Restic
 from tests.servers import RcloneS3Server, free_port
 
 pytestmark = pytest.mark.live
 REST_ACCEPT = {"Accept": "application/vnd.x.restic.rest.v2"}
+restic_bin = restic_versions.restic_bin  # the fixture: one run per restic generation
 
 
 def make_data(root: Path, megabytes: int = 2, small: int = 50) -> Path:
@@ -51,7 +54,9 @@ def make_data(root: Path, megabytes: int = 2, small: int = 50) -> Path:
     return root
 
 
-def env_for(gw: GatewayProcess, repo: str, user: str, tmp: Path) -> dict[str, str]:
+def env_for(
+    gw: GatewayProcess, repo: str, user: str, tmp: Path, restic: Restic | None = None
+) -> dict[str, str]:
     return restic_env(
         repository_path=repo,
         user=user,
@@ -59,11 +64,14 @@ def env_for(gw: GatewayProcess, repo: str, user: str, tmp: Path) -> dict[str, st
         restic_password=RESTIC_PASSWORD,
         gateway_url=gw.url,
         cache_dir=str(tmp / "restic-cache"),
+        binary=restic.binary if restic else None,
     )
 
 
-def restic_ok(args: list[str], env: dict[str, str], timeout: float = 600) -> str:
-    result = run_restic(args, env, timeout=timeout)
+def restic_ok(
+    args: list[str], env: dict[str, str], timeout: float = 600, restic: Restic | None = None
+) -> str:
+    result = run_restic(args, env, timeout=timeout, binary=restic.binary if restic else None)
     assert result.returncode == 0, (args, result.stderr[-2000:])
     return result.stdout
 
@@ -91,6 +99,7 @@ def s3_payload(s3: RcloneS3Server, path: str = "ns8") -> dict[str, Any]:
 
 
 def test_module_and_node_data_path(
+    restic_bin: Restic,
     cluster: redis.Redis,
     redis_db: RedisServer,
     host: PluginHost,
@@ -101,22 +110,30 @@ def test_module_and_node_data_path(
     local = add_local_destination(cluster, host, port)
     remote = add_destination(cluster, host, s3_payload(s3))
     data = make_data(tmp_path / "data", megabytes=12)
+    data_bytes = sum(p.stat().st_size for p in data.iterdir())
     with GatewayProcess(redis_db, "1", port, tmp_path) as gw:
         for dest in (local, remote):
             repo = f"{dest.id}/mail/{module_uuid('mail1')}"
-            module = env_for(gw, repo, "module/mail1", tmp_path)
-            restic_ok(["init"], module)
-            restic_ok(["backup", str(data)], module)
-            snapshots = json.loads(restic_ok(["snapshots", "--json"], module))
+            module = env_for(gw, repo, "module/mail1", tmp_path, restic_bin)
+            # restic 0.14 takes the credentials in the URL, newer ones in RESTIC_REST_*
+            assert ("RESTIC_REST_PASSWORD" in module) == (restic_bin.version >= (0, 16, 0))
+            restic_ok(["init"], module, restic=restic_bin)
+            restic_ok(["backup", str(data)], module, restic=restic_bin)
+            snapshots = json.loads(restic_ok(["snapshots", "--json"], module, restic=restic_bin))
             assert len(snapshots) == 1
+            # the size and times of NS8's snapshot listing (ref §7.4) exist from restic 0.17
+            if restic_bin.version >= (0, 17, 0):
+                assert snapshots[0]["summary"]["total_bytes_processed"] == data_bytes
+            else:
+                assert "summary" not in snapshots[0]
             target = tmp_path / f"restore-{dest.provider}"
-            restic_ok(["restore", "latest", "--target", str(target)], module)
+            restic_ok(["restore", "latest", "--target", str(target)], module, restic=restic_bin)
             restored = target / data.relative_to("/")
             assert not filecmp.dircmp(data, restored).diff_files
             assert sorted(p.name for p in restored.iterdir()) == sorted(
                 p.name for p in data.iterdir()
             )
-            restic_ok(["check"], module)
+            restic_ok(["check"], module, restic=restic_bin)
             # modules cannot delete data (restic itself would retry a refusal for minutes,
             # so the refusal is checked on the request restic forget sends)
             snapshot_url = f"{gw.url}/{repo}/snapshots/{snapshots[0]['id']}"
@@ -127,13 +144,14 @@ def test_module_and_node_data_path(
                 auth=("module/mail1", PASSWORDS["module/mail1"]),
             )
             assert refused.status_code == 403
-            assert len(json.loads(restic_ok(["snapshots", "--json"], module))) == 1
+            listed = restic_ok(["snapshots", "--json"], module, restic=restic_bin)
+            assert len(json.loads(listed)) == 1
 
-            node = env_for(gw, repo, "node/1", tmp_path)
-            restic_ok(["backup", str(data)], node)
-            restic_ok(["forget", "--prune", "--keep-last", "1"], node)
-            assert len(json.loads(restic_ok(["snapshots", "--json"], node))) == 1
-            restic_ok(["check"], node)
+            node = env_for(gw, repo, "node/1", tmp_path, restic_bin)
+            restic_ok(["backup", str(data)], node, restic=restic_bin)
+            restic_ok(["forget", "--prune", "--keep-last", "1"], node, restic=restic_bin)
+            assert len(json.loads(restic_ok(["snapshots", "--json"], node, restic=restic_bin))) == 1
+            restic_ok(["check"], node, restic=restic_bin)
         # the local disk really holds the repository
         assert (tmp_path / "node1" / "repo" / "mail" / module_uuid("mail1") / "config").exists()
         assert gw.stop() == 0
