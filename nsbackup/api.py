@@ -12,13 +12,12 @@ thread-safe; the services keep no per-call state).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from nsbackup.errors import ValidationFailed
 
@@ -54,7 +53,7 @@ def hide_password(url: str) -> str:
     return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Settings:
     """Where the cluster is, as the environment says: the one reading of it that both
     :meth:`Cluster.from_env` and the CLI use (CLI options override it).
@@ -63,7 +62,9 @@ class Settings:
     variable                      meaning
     ============================  =============================================================
     ``NSBACKUP_REDIS_URL``        Redis to read (NS8: the local replica); default
+                                  ``redis://<REDIS_ADDRESS>/0``, else
                                   ``redis://127.0.0.1:6379/0``
+    ``REDIS_ADDRESS``             ``host:port`` (NS8 agents' variable), when no URL is set
     ``NSBACKUP_REDIS_LEADER_URL`` Redis to write (NS8: the leader); default: the same
     ``REDIS_USER``                Redis user when the URL names none (NS8 agents' variable)
     ``REDIS_PASSWORD``            its password
@@ -74,16 +75,18 @@ class Settings:
 
     redis_url: str = DEFAULT_REDIS_URL
     leader_url: str | None = None
-    username: str | None = attrs.field(default=None)
-    password: str | None = attrs.field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
     node_id: str | None = None
     repo_dir: str = DEFAULT_REPO_DIR
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
+        address = env.get("REDIS_ADDRESS")
+        default = f"redis://{address}/0" if address else DEFAULT_REDIS_URL
         return cls(
-            redis_url=env.get("NSBACKUP_REDIS_URL") or DEFAULT_REDIS_URL,
+            redis_url=env.get("NSBACKUP_REDIS_URL") or default,
             leader_url=env.get("NSBACKUP_REDIS_LEADER_URL") or None,
             username=env.get("REDIS_USER") or None,
             password=env.get("REDIS_PASSWORD") or None,
@@ -262,16 +265,16 @@ class Cluster:
         }
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class _Connector:
     """A Redis URL whose client is made on first use (so that commands that never touch
     Redis never import redis-py)."""
 
     url: str
     username: str | None
-    password: str | None = attrs.field(repr=False)
+    password: str | None = dataclasses.field(repr=False)
 
-    def __attrs_post_init__(self) -> None:
+    def __post_init__(self) -> None:
         check_url(self.url)
 
     def connect(self) -> Any:
