@@ -42,13 +42,15 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # Key-scoped data commands: each reads or writes only the keys in its arguments.
 # Deliberately absent although key-scoped: COPY (its DB option writes another database), MOVE,
-# SORT and SORT_RO (BY/GET read keys by pattern), RESTORE (crafted payloads), DUMP, OBJECT,
-# MEMORY (nothing needs them), PFDEBUG and PFSELFTEST (admin).
+# SORT and SORT_RO (BY/GET read keys by pattern), RESTORE (crafted payloads), OBJECT, MEMORY
+# (nothing needs them), PFDEBUG and PFSELFTEST (admin). DUMP is a read of a key the user may
+# read anyway; a module backs up its ui_name/ui_note as DUMP payloads, as in NS8 (ref §4.2).
 DATA_COMMANDS: tuple[str, ...] = (
     # keyspace
     "del", "unlink", "exists", "type", "touch", "rename", "renamenx",
     "ttl", "pttl", "expiretime", "pexpiretime",
     "expire", "pexpire", "expireat", "pexpireat", "persist",
+    "dump",
     # strings
     "get", "mget", "getrange", "substr", "strlen", "lcs", "getdel", "getex", "getset",
     "set", "setnx", "setex", "psetex", "mset", "msetnx", "setrange", "append",

@@ -123,7 +123,7 @@ decr                          allow  allow
 decrby                        allow  allow
 del                           allow  allow
 discard                       allow  allow
-dump                          refuse refuse        # not needed (RESTORE is refused)
+dump                          allow  allow         # key-scoped read; NS8 backs up ui_name as DUMP
 echo                          allow  allow
 eval                          refuse refuse        # scripting: not needed, blocks the server
 eval_ro                       refuse refuse
