@@ -26,11 +26,16 @@ if TYPE_CHECKING:
     from nsbackup.gateway.service import GatewayService
     from nsbackup.plugins import PluginHost
     from nsbackup.results import PluginsReport, ProviderInfo
+    from nsbackup.runs.module import ModuleService
+    from nsbackup.runs.node import RunService
     from nsbackup.schedules import ScheduleService
     from nsbackup.store import Store
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_REPO_DIR = "/var/lib/nsbackup/repo"
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:4694"
+DEFAULT_STATE_DIR = "/var/lib/nsbackup"
+DEFAULT_METRICS_DIR = "/var/lib/nethserver/node/state/node_exporter"
 
 
 def check_url(url: str) -> None:
@@ -70,6 +75,18 @@ class Settings:
     ``REDIS_PASSWORD``            its password
     ``NODE_ID``                   the local node id
     ``NSBACKUP_REPO_DIR``         the local disk served for ``cluster`` destinations
+    ``NSBACKUP_GATEWAY_URL``      the node's gateway; default ``http://127.0.0.1:4694``
+    ``NSBACKUP_STATE_DIR``        this node's nsbackup state (locks, restic cache); default
+                                  ``/var/lib/nsbackup``
+    ``NSBACKUP_METRICS_DIR``      node_exporter's textfile directory; default NS8's
+                                  ``/var/lib/nethserver/node/state/node_exporter``
+    ``NSBACKUP_RUNNER``           the module runner; default ``ns8`` when ``runagent`` is on
+                                  ``PATH``, else ``local``
+    ``NSBACKUP_MODULES_DIR``      where the ``local`` runner finds modules (``<dir>/<id>/``)
+    ``MODULE_ID``                 the module a module-side command runs for (else the
+                                  ``module/<id>`` of ``REDIS_USER``)
+    ``NSBACKUP_MODULE_DIR``       the module's directory (``state/``, ``etc/``); default the
+                                  working directory
     ============================  =============================================================
     """
 
@@ -79,6 +96,13 @@ class Settings:
     password: str | None = dataclasses.field(default=None, repr=False)
     node_id: str | None = None
     repo_dir: str = DEFAULT_REPO_DIR
+    gateway_url: str = DEFAULT_GATEWAY_URL
+    state_dir: str = DEFAULT_STATE_DIR
+    metrics_dir: str = DEFAULT_METRICS_DIR
+    runner: str | None = None
+    modules_dir: str | None = None
+    module_id: str | None = None
+    module_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -92,6 +116,13 @@ class Settings:
             password=env.get("REDIS_PASSWORD") or None,
             node_id=env.get("NODE_ID") or None,
             repo_dir=env.get("NSBACKUP_REPO_DIR") or DEFAULT_REPO_DIR,
+            gateway_url=env.get("NSBACKUP_GATEWAY_URL") or DEFAULT_GATEWAY_URL,
+            state_dir=env.get("NSBACKUP_STATE_DIR") or DEFAULT_STATE_DIR,
+            metrics_dir=env.get("NSBACKUP_METRICS_DIR") or DEFAULT_METRICS_DIR,
+            runner=env.get("NSBACKUP_RUNNER") or None,
+            modules_dir=env.get("NSBACKUP_MODULES_DIR") or None,
+            module_id=env.get("MODULE_ID") or None,
+            module_dir=env.get("NSBACKUP_MODULE_DIR") or None,
         )
 
 
@@ -103,7 +134,8 @@ class Cluster:
     local node (needed by node-side commands such as the gateway). ``plugins`` are extra
     plugin objects registered beside the installed entry points (for embedding and for
     plugin authors' tests). ``repo_dir`` is the local disk the gateway serves for ``cluster``
-    destinations.
+    destinations. ``settings`` holds the node-local paths and addresses runs need
+    (:class:`Settings`; its Redis fields are not used here: the clients are given).
     """
 
     def __init__(
@@ -114,12 +146,15 @@ class Cluster:
         node_id: str | int | None = None,
         plugins: Iterable[object] | None = None,
         repo_dir: str | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self._client = client
         self._leader = leader
-        self.node_id: str | None = None if node_id in (None, "") else str(node_id)
+        settings = settings or Settings()
+        self.node_id: str | None = settings.node_id if node_id in (None, "") else str(node_id)
         self._extra_plugins = tuple(plugins or ())
-        self.repo_dir = repo_dir or DEFAULT_REPO_DIR
+        self.repo_dir = repo_dir or settings.repo_dir
+        self.settings = dataclasses.replace(settings, node_id=self.node_id, repo_dir=self.repo_dir)
 
     def __repr__(self) -> str:
         return f"Cluster(node_id={self.node_id!r})"
@@ -136,6 +171,7 @@ class Cluster:
         repo_dir: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        settings: Settings | None = None,
     ) -> Cluster:
         """A Cluster on ``url`` (reads) and ``leader_url`` (writes). Credentials come from the
         URL, else ``username``/``password``, else ``REDIS_USER``/``REDIS_PASSWORD``. An invalid
@@ -145,7 +181,14 @@ class Cluster:
         writer = (
             _Connector(leader_url, username, password) if leader_url and leader_url != url else None
         )
-        return cls(reader, leader=writer, node_id=node_id, plugins=plugins, repo_dir=repo_dir)
+        return cls(
+            reader,
+            leader=writer,
+            node_id=node_id,
+            plugins=plugins,
+            repo_dir=repo_dir,
+            settings=settings,
+        )
 
     @classmethod
     def from_settings(
@@ -159,6 +202,7 @@ class Cluster:
             repo_dir=settings.repo_dir,
             username=settings.username or "",
             password=settings.password or "",
+            settings=settings,
         )
 
     @classmethod
@@ -210,6 +254,21 @@ class Cluster:
         from nsbackup.gateway.service import GatewayService
 
         return GatewayService(self.store, self.host, self.node_id, self.repo_dir)
+
+    @cached_property
+    def runs(self) -> RunService:
+        """Backup runs on this node: ``run``, ``check``, ``snapshots``, ``repositories``
+        (node credentials)."""
+        from nsbackup.runs.node import RunService
+
+        return RunService(self.store, self.host, self.settings)
+
+    @cached_property
+    def module(self) -> ModuleService:
+        """The module side, run with a module's own credentials: ``backup``."""
+        from nsbackup.runs.module import ModuleService
+
+        return ModuleService(self.store, self.settings)
 
     @property
     def providers(self) -> list[ProviderInfo]:

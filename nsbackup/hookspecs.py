@@ -15,8 +15,10 @@ import pluggy
 
 if TYPE_CHECKING:
     from nsbackup.model import NodeValidation, PreparedDestination
-    from nsbackup.plugins import Lookups, MetricSink, Renderer, S3Vendor
+    from nsbackup.plugins import Lookups, MetricSink, ModuleRunner, Renderer, S3Vendor
     from nsbackup.provider import Provider
+    from nsbackup.runs.context import RunContext
+    from nsbackup.runs.report import RunReport
 
 PROJECT = "nsbackup"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -50,6 +52,36 @@ def nsbackup_register_metric_sinks(register: Callable[[MetricSink], None]) -> No
     Each sink receives one report per run. A sink must not raise: nsbackup catches, logs and
     counts its failures so that a broken sink never fails a backup.
     """
+
+
+@hookspec
+def nsbackup_register_module_runners(register: Callable[[ModuleRunner], None]) -> None:
+    """Register module runners: ``register(runner)`` once per runner.
+
+    A runner is how the node reaches a module's context to run ``nsbackup module backup``
+    with the module's own identity and credentials (built-in: ``local``, modules as
+    directories on this machine; ``ns8``, NS8's ``runagent -m <module-id>``). The node picks
+    one with ``--runner NAME``; it knows nothing of the module's layout.
+    """
+
+
+@hookspec
+def nsbackup_before_run(context: RunContext) -> None:
+    """Called once per ``backup run`` on a node, before any module is backed up.
+
+    ``context`` describes the run (schedule, node, whether this node is the leader, the
+    cluster snapshot, the gateway) and lets the plugin upload a file to the destination
+    through the gateway with the node's credentials and add notes to the run report. NS8's
+    leader uploads the encrypted cluster dump here. An exception is logged as a warning and
+    noted in the report; it never fails the run.
+    """
+
+
+@hookspec
+def nsbackup_after_run(report: RunReport) -> None:
+    """Called with the finished :class:`~nsbackup.runs.report.RunReport` of every
+    ``backup run``, after the metric sinks. An exception is logged and never changes the
+    run's outcome."""
 
 
 @hookspec(firstresult=True)

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import attrs
@@ -33,6 +33,7 @@ _REGISTRATION_HOOKS = {
     "nsbackup_register_providers": "provider",
     "nsbackup_register_renderers": "renderer",
     "nsbackup_register_metric_sinks": "metric_sink",
+    "nsbackup_register_module_runners": "module_runner",
 }
 _ITEM_NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -58,12 +59,73 @@ class Renderer(Protocol):
 
 @runtime_checkable
 class MetricSink(Protocol):
-    """Receives the report of each run. Must not raise; the core catches, logs and counts."""
+    """Receives the report of each run (:class:`nsbackup.runs.report.RunReport`). Must not
+    raise; the core catches, logs and counts.
+
+    Optional methods, called when present: ``record_check(report)`` with the
+    :class:`~nsbackup.runs.report.CheckReport` of each ``backup check``, and
+    ``purge(enabled_ids)`` with the ids of the enabled schedules whenever schedules change (a
+    sink drops what it keeps for the others).
+    """
 
     @property
     def name(self) -> str: ...
 
     def record(self, report: Any) -> None: ...
+
+
+@attrs.frozen
+class RunnerSettings:
+    """What a module runner may need from the node; it knows no more of the node than this.
+
+    ``modules_dir``: where modules live as directories on this machine (the ``local`` runner);
+    ``redis_url``: the Redis a module connects to, without credentials (the module side adds
+    its own); ``gateway_url``: the node's gateway; ``command``: how to start ``nsbackup``
+    (an argument list); ``env``: extra environment for the module side.
+    """
+
+    modules_dir: str | None
+    redis_url: str
+    gateway_url: str
+    command: tuple[str, ...]
+    env: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class RunnerResult:
+    """How the module side ended: its exit code, its standard output (one JSON document) and
+    the end of its standard error (messages; progress lines are not kept)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@runtime_checkable
+class ModuleRunner(Protocol):
+    """Runs ``nsbackup <args>`` in a module's context (its identity, credentials and files).
+
+    ``on_line`` receives each standard-error line as it arrives (the module side reports
+    progress there). A runner must not raise for a module that fails: it returns the exit
+    code; it raises :class:`~nsbackup.errors.NsbackupError` only when it cannot start at all.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    def available(self, settings: RunnerSettings) -> bool:
+        """Whether this runner can work here (e.g. its tool is installed)."""
+        ...
+
+    def run(
+        self,
+        module_id: str,
+        args: Sequence[str],
+        settings: RunnerSettings,
+        *,
+        timeout: float,
+        on_line: Callable[[str], None],
+    ) -> RunnerResult: ...
 
 
 @attrs.frozen
@@ -128,6 +190,7 @@ class PluginHost:
         self.providers: dict[str, Provider] = {}
         self.renderers: dict[str, Renderer] = {}
         self.metric_sinks: dict[str, MetricSink] = {}
+        self.module_runners: dict[str, ModuleRunner] = {}
         self.plugins: dict[str, PluginInfo] = {}
         self.failures: list[PluginFailure] = []
         self._owner: dict[tuple[str, str], str] = {}
@@ -243,7 +306,12 @@ class PluginHost:
             seen.add(key)
 
 
-_TABLE = {"provider": "providers", "renderer": "renderers", "metric_sink": "metric_sinks"}
+_TABLE = {
+    "provider": "providers",
+    "renderer": "renderers",
+    "metric_sink": "metric_sinks",
+    "module_runner": "module_runners",
+}
 
 
 def _reason(exc: BaseException) -> str:
@@ -276,6 +344,13 @@ def _check_item(kind: str, item: Any) -> None:
             raise PluginError(f"{label}: filename must be a plain file name")
         if not isinstance(item.secret, bool):
             raise PluginError(f"{label}: secret must be a bool")
+    elif kind == "module_runner":
+        if not isinstance(item, ModuleRunner):
+            raise PluginError(
+                f"{label} does not implement ModuleRunner (missing {_missing(item, ModuleRunner)})"
+            )
+        if not _ITEM_NAME.fullmatch(str(item.name)):
+            raise PluginError(f"{label}: name must match {_ITEM_NAME.pattern}")
     else:
         if not isinstance(item, MetricSink):
             raise PluginError(

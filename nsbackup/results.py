@@ -183,3 +183,27 @@ class PluginFailureItem(TypedDict):
 class PluginsReport(TypedDict):
     plugins: list[PluginItem]
     failures: list[PluginFailureItem]
+
+
+class ModuleBackupResult(TypedDict):
+    """``module.backup``: one module's backup, as the module side saw it."""
+
+    module_id: str
+    module_uuid: str
+    backup_id: int
+    repository: str
+    """``<destination>/<app>/<module uuid>``."""
+    initialized: bool
+    """Whether this backup created the repository."""
+    exit_code: int
+    """restic's exit code (0 ok, 3 partial, other: failed)."""
+    failure: str | None
+    """``partial``, ``no_repository``, ``locked``, ``wrong_password`` or ``fatal``."""
+    message: str
+    snapshot_id: str
+    added_bytes: int
+    files_new: int
+    files_changed: int
+    total_bytes: int
+    start: int
+    end: int

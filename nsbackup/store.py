@@ -56,6 +56,7 @@ MODULE_UUID = "cluster/module_uuid"
 MODULE_NODE = "cluster/module_node"
 MODULE_ENV = "module/{}/environment"
 MODULE_UI_NAME = "module/{}/ui_name"
+MODULE_UI_NOTE = "module/{}/ui_note"
 MODULE_FLAGS = "module/{}/flags"
 NODE_VPN = "node/{}/vpn"
 NETWORK = "cluster/network"
@@ -583,6 +584,72 @@ class Store:
                 [FieldError("id", "id", bid, "backup_not_found", f"backup {bid} not found")]
             )
         return schedule_from_hash(bid, raw)
+
+    # -- runs -----------------------------------------------------------------------------
+    def module_backup_inputs(self, bid: int, module_id: str) -> ModuleInputs:
+        """What the module side of a backup reads, in one round trip (as the module)."""
+        pipe = self.reader.pipeline(transaction=False)
+        pipe.hgetall(SCHEDULE.format(bid))
+        pipe.hget(MODULE_UUID, module_id)
+        pipe.get(CLUSTER_UUID)
+        pipe.dump(MODULE_UI_NAME.format(module_id))
+        pipe.dump(MODULE_UI_NOTE.format(module_id))
+        raw, uuid, cluster_uuid, ui_name, ui_note = self._run(pipe)
+        for item in (raw, uuid):
+            if isinstance(item, Exception):
+                raise self._refused(item)
+        if not raw:
+            raise NotFound(
+                [FieldError("id", "id", bid, "backup_not_found", f"backup {bid} not found")]
+            )
+        schedule = schedule_from_hash(bid, raw)
+        password = self._call(lambda: self.reader.hget(RESTIC_PASSWORD, schedule.repository))
+        return ModuleInputs(
+            schedule=schedule,
+            module_uuid=_str(uuid),
+            cluster_uuid=_str(cluster_uuid),
+            restic_password=Secret(password) if isinstance(password, str) and password else None,
+            dumps={
+                name: value
+                for name, value in (("ui_name", ui_name), ("ui_note", ui_note))
+                if isinstance(value, bytes)
+            },
+        )
+
+    def restic_password(self, destination: str) -> Secret | None:
+        password = self._call(lambda: self.reader.hget(RESTIC_PASSWORD, destination))
+        return Secret(password) if isinstance(password, str) and password else None
+
+    def write_module_status(
+        self, node_id: str, bid: int, module_id: str, status: Mapping[str, Any]
+    ) -> None:
+        """NS8's status of one module's run (ref §1.2, §5.3 step 6) and its event, on the
+        leader, in one transaction."""
+        event = {
+            "node_id": int(node_id) if node_id.isdigit() else node_id,
+            "backup_id": bid,
+            "module_id": module_id,
+        }
+        self._execute(
+            [
+                Op("HSET", STATUS.format(node_id, bid), (module_id, json.dumps(dict(status)))),
+                Op("PUBLISH", EVENT_STATUS_CHANGED.format(node_id), (json.dumps(event),)),
+            ]
+        )
+
+    def module_statuses(self, node_id: str, bid: int) -> dict[str, Any]:
+        raw = self._call(lambda: self.reader.hgetall(STATUS.format(node_id, bid)))
+        return {mid: _json(value) for mid, value in _dict(raw).items()}
+
+
+@attrs.frozen
+class ModuleInputs:
+    schedule: Schedule
+    module_uuid: str
+    cluster_uuid: str
+    restic_password: Secret | None = attrs.field(repr=False)
+    dumps: Mapping[str, bytes] = attrs.field(factory=dict, repr=False)
+    """Redis ``DUMP`` payloads of ``module/<id>/ui_name`` and ``ui_note`` (ref §4.2 step 5)."""
 
 
 def destination_exists_error(uid: str) -> Conflict:

@@ -13,6 +13,7 @@ BUILTIN_PLUGINS = {
     "cluster",
     "rclone",
     "gateway",
+    "runners",
 }
 BUILTIN_PROVIDERS = {
     "aws",

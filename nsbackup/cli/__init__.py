@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from nsbackup import __version__
-from nsbackup.cli import backup, destination, gateway, info
+from nsbackup.cli import backup, destination, gateway, info, module
 from nsbackup.cli.base import Command, Context, Parser, UsageError
 from nsbackup.errors import NsbackupError, ValidationFailed
 
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     destination.register(group("destination", "backup destinations"), command)
     backup.register(group("backup", "backup schedules"), command)
     gateway.register(group("gateway", "the per-node backup gateway"), command)
+    module.register(group("module", "what runs in a module's context"), command)
     return parser
 
 

@@ -42,9 +42,107 @@ def list_(ctx: Context) -> int:
     return 0
 
 
+def _size(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def run_text(report: dict[str, Any]) -> str:
+    modules = report["modules"]
+    head = f"backup {report['backup_id']} ({report['name']}) on node {report['node_id']}: "
+    if report["outcome"] == "disabled":
+        return head + "disabled, nothing to do"
+    if report["outcome"] == "no_local_modules":
+        return head + "no module of this node, nothing to back up"
+    ok = sum(1 for m in modules if m["success"])
+    lines = [
+        head + f"{ok} of {len(modules)} module(s) ok in {report['duration']:.1f} s, "
+        f"{_size(report['added_bytes'])} added"
+    ]
+    width = max(len(m["module_id"]) for m in modules)
+    for m in modules:
+        if m["success"]:
+            detail = f"snapshot {m['snapshot_id'][:8]}, {_size(m['added_bytes'])} added"
+            lines.append(f"  {m['module_id']:<{width}}  ok      {detail}")
+        else:
+            lines.append(f"  {m['module_id']:<{width}}  FAILED  {m['failure']}: {m['message']}")
+    return "\n".join(lines)
+
+
+def run(ctx: Context) -> int:
+    from nsbackup.cli.progress import progress_display
+
+    with progress_display(ctx) as progress:
+        report = ctx.cluster.runs.run(
+            ctx.args.id, jobs=ctx.args.jobs, wait=ctx.args.wait, progress=progress
+        )
+    if report["outcome"] in ("disabled", "no_local_modules") and not ctx.json:
+        print(run_text(report), file=ctx.err)
+    else:
+        ctx.emit(report, run_text(report))
+    code: int = report["exit_code"]
+    return code
+
+
+def check(ctx: Context) -> int:
+    report = ctx.cluster.runs.check(ctx.args.id, read_data_subset=ctx.args.read_data_subset)
+    lines = [
+        f"backup {report['backup_id']} ({report['name']}): "
+        + ("every repository is sound" if report["ok"] else "PROBLEMS FOUND")
+    ]
+    for r in report["repositories"]:
+        state = "ok" if r["ok"] else f"FAILED  {r['message']}"
+        lines.append(f"  {r['module_id']:<20} {r['repository_path']}  {state}")
+    ctx.emit(report, "\n".join(lines))
+    code: int = report["exit_code"]
+    return code
+
+
+def _run_options(p: Any) -> None:
+    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    p.add_argument(
+        "--metrics-dir",
+        metavar="DIR",
+        help="node_exporter textfile directory (default $NSBACKUP_METRICS_DIR or NS8's)",
+    )
+
+
 def register(group: Any, command: Any) -> None:
     add_data(command(group, "add", add, "add a schedule; prints its id"))
     add_data(command(group, "alter", alter, "alter a schedule (its destination cannot change)"))
     p = command(group, "remove", remove, "remove a schedule")
     p.add_argument("id", metavar="ID", help="the backup (schedule) id")
     command(group, "list", list_, "schedules with per-module status")
+    p = command(group, "run", run, "back up this node's modules of schedule ID now")
+    p.add_argument("id", metavar="ID", type=int, help="the backup (schedule) id")
+    p.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="modules backed up at once (default 1)"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="wait at most this long for a module another run is backing up (default 3600)",
+    )
+    p.add_argument(
+        "--runner", metavar="NAME", help="module runner: local or ns8 (default: ns8 if runagent)"
+    )
+    p.add_argument(
+        "--modules-dir",
+        metavar="DIR",
+        help="where the local runner finds modules (default $NSBACKUP_MODULES_DIR)",
+    )
+    _run_options(p)
+    p = command(group, "check", check, "restic check of every repository of schedule ID")
+    p.add_argument("id", metavar="ID", type=int, help="the backup (schedule) id")
+    p.add_argument(
+        "--read-data-subset",
+        metavar="P",
+        help="also read this part of the data: n/t, a percentage or a size (restic's syntax)",
+    )
+    _run_options(p)

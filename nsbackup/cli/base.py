@@ -22,6 +22,16 @@ if TYPE_CHECKING:
 # A --data document deeper than this is refused before it can exhaust the stack.
 MAX_DEPTH = 64
 
+# Command options that override a Settings field (nsbackup.api.Settings).
+SETTING_OPTIONS = {
+    "gateway": "gateway_url",
+    "modules_dir": "modules_dir",
+    "metrics_dir": "metrics_dir",
+    "runner": "runner",
+    "module": "module_id",
+    "module_dir": "module_dir",
+}
+
 
 class UsageError(Exception):
     pass
@@ -54,7 +64,7 @@ class Context:
         if self._cluster is None:
             from nsbackup.api import Cluster
 
-            settings = self.args.settings
+            settings = self.settings
             self._cluster = Cluster.from_url(
                 self.args.redis,
                 leader_url=self.args.redis_leader,
@@ -62,8 +72,22 @@ class Context:
                 repo_dir=self.args.repo_dir,
                 username=settings.username or "",
                 password=settings.password or "",
+                settings=settings,
             )
         return self._cluster
+
+    @property
+    def settings(self) -> Any:
+        """The environment's settings with this command's options applied."""
+        import dataclasses
+
+        settings = self.args.settings
+        changes = {
+            field: getattr(self.args, option)
+            for option, field in SETTING_OPTIONS.items()
+            if getattr(self.args, option, None) is not None
+        }
+        return dataclasses.replace(settings, **changes) if changes else settings
 
     def emit(self, data: Any, text: str | None = None) -> None:
         """Print ``data`` as JSON with ``--json``, else ``text`` (or JSON when no text)."""

@@ -1,0 +1,5 @@
+"""``python -m nsbackup``: the ``nsbackup`` command."""
+
+from nsbackup.cli import entry
+
+entry()

@@ -1,0 +1,304 @@
+"""The module side of a backup: ``nsbackup module backup BID`` (NS8's ``module-backup``,
+ref §4.2), run in a module's context with the module's own credentials.
+
+The module's directory holds ``state/`` (always backed up), ``etc/state-include.conf`` (more
+paths, relative to the directory, one per line) and ``etc/state-exclude.conf`` (restic
+exclude patterns). The repository is ``/<destination>/<app>/<module uuid>`` through the
+gateway, where the module may only append: it initialises the repository when there is none,
+backs up, and reports restic's summary. Retention and stats are the node's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nsbackup.errors import Busy, NsbackupError, ValidationFailed
+from nsbackup.restic import classify_failure, explain, restic_binary, restic_env, restic_version
+from nsbackup.results import ModuleBackupResult
+from nsbackup.runs.locks import LockTimeout, file_lock
+from nsbackup.store import Store
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".module-backup.lock"  # NS8's name, in the module's state directory
+HOOK_TIMEOUT = 3600.0
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def app_of(module_id: str) -> str:
+    """The application type of a module id (``mail1`` → ``mail``): the gateway's rule."""
+    return module_id.rstrip("0123456789") or module_id
+
+
+class ModuleService:
+    """``cluster.module``: what a module does with its own credentials."""
+
+    def __init__(self, store: Store, settings: Any) -> None:
+        self.store = store
+        self.settings = settings
+
+    def _module_id(self) -> str:
+        module_id = self.settings.module_id
+        if not module_id and self.store.user.startswith("module/"):
+            module_id = self.store.user.split("/", 1)[1]
+        if not module_id:
+            raise ValidationFailed.one(
+                "module",
+                None,
+                "required",
+                "the module is unknown: set MODULE_ID (or --module), or connect as module/<id>",
+            )
+        return str(module_id)
+
+    def backup(
+        self,
+        backup_id: int,
+        *,
+        wait: float = 3600.0,
+        progress: Progress | None = None,
+        timeout: float = 24 * 3600.0,
+    ) -> ModuleBackupResult:
+        """Back this module up for schedule ``backup_id`` (NS8's module-backup).
+
+        Waits at most ``wait`` seconds for another backup of the same module (:class:`Busy`
+        after that). Returns restic's summary with ``exit_code`` 0 (done), 3 (done, some files
+        could not be read) or another code with ``failure`` and ``message`` saying why.
+        """
+        module_id = self._module_id()
+        module_dir = Path(self.settings.module_dir or os.getcwd()).resolve()
+        state_dir = module_dir / "state"
+        if not state_dir.is_dir():
+            raise ValidationFailed.one(
+                "module_dir",
+                str(module_dir),
+                "not_found",
+                f"{module_dir} has no state/ directory: is this module {module_id}'s directory?",
+            )
+        inputs = self.store.module_backup_inputs(backup_id, module_id)
+        schedule = inputs.schedule
+        if module_id not in schedule.instances:
+            raise ValidationFailed.one(
+                "module",
+                module_id,
+                "module_not_in_backup",
+                f"module {module_id} is not an instance of backup {backup_id}",
+            )
+        if not inputs.module_uuid:
+            raise ValidationFailed.one(
+                "module", module_id, "module_not_found", f"module {module_id} has no UUID"
+            )
+        if inputs.restic_password is None:
+            raise NsbackupError(
+                f"destination {schedule.repository} has no Restic password (or {self.store.user} "
+                "may not read it)"
+            )
+        repository_path = f"{schedule.repository}/{app_of(module_id)}/{inputs.module_uuid}"
+        try:
+            with file_lock(state_dir / LOCK_NAME, wait=wait):
+                return self._backup_locked(
+                    module_id,
+                    module_dir,
+                    backup_id,
+                    inputs,
+                    repository_path,
+                    progress,
+                    timeout,
+                )
+        except LockTimeout as exc:
+            holder = f" (pid {exc.holder})" if exc.holder else ""
+            raise Busy(
+                f"another backup of module {module_id} is running{holder}; still locked after "
+                f"{wait:g} s"
+            ) from None
+
+    def _backup_locked(
+        self,
+        module_id: str,
+        module_dir: Path,
+        backup_id: int,
+        inputs: Any,
+        repository_path: str,
+        progress: Progress | None,
+        timeout: float,
+    ) -> ModuleBackupResult:
+        state_dir = module_dir / "state"
+        started = time.time()
+        for name, payload in inputs.dumps.items():
+            _write_private(state_dir / f"{name}.dump", payload)
+        self._hook("module-dump-state", module_dir, backup_id, required=True)
+        binary = restic_binary()
+        version = restic_version(binary)
+        kwargs = self.store.writer.connection_pool.connection_kwargs
+        env = restic_env(
+            repository_path=repository_path,
+            user=self.store.user,
+            password=str(kwargs.get("password") or ""),
+            restic_password=inputs.restic_password.reveal(),
+            gateway_url=self.settings.gateway_url,
+            cache_dir=str(module_dir / ".cache" / "restic"),
+            binary=binary,
+        )
+        result: ModuleBackupResult = {
+            "module_id": module_id,
+            "module_uuid": inputs.module_uuid,
+            "backup_id": backup_id,
+            "repository": repository_path,
+            "initialized": False,
+            "exit_code": 0,
+            "failure": None,
+            "message": "",
+            "snapshot_id": "",
+            "added_bytes": 0,
+            "files_new": 0,
+            "files_changed": 0,
+            "total_bytes": 0,
+            "start": int(started),
+            "end": int(started),
+        }
+        try:
+            self._ensure_repository(env, binary, version, result)
+            if result["failure"] is None:
+                self._run_backup(module_dir, env, binary, version, progress, timeout, result)
+        finally:
+            cleanup = self._hook("module-cleanup-state", module_dir, backup_id, required=False)
+            if cleanup and result["failure"] is None:
+                result["message"] = cleanup
+            result["end"] = int(time.time())
+        return result
+
+    def _ensure_repository(
+        self, env: dict[str, str], binary: str, version: Any, result: ModuleBackupResult
+    ) -> None:
+        from nsbackup.restic import run_restic
+
+        probe = run_restic(["cat", "config"], env, binary=binary, timeout=300)
+        if probe.returncode == 0:
+            return
+        kind = classify_failure(probe.returncode, probe.stderr, version)
+        if kind != "no_repository":
+            _fail(result, probe.returncode, kind, probe.stderr)
+            return
+        init = run_restic(["init"], env, binary=binary, timeout=300)
+        if init.returncode != 0:
+            _fail(result, init.returncode, "fatal", init.stderr, "restic init failed: ")
+            return
+        result["initialized"] = True
+
+    def _run_backup(
+        self,
+        module_dir: Path,
+        env: dict[str, str],
+        binary: str,
+        version: Any,
+        progress: Progress | None,
+        timeout: float,
+        result: ModuleBackupResult,
+    ) -> None:
+        from nsbackup.restic import run_restic
+
+        args = ["backup", "--json"]
+        exclude = module_dir / "etc" / "state-exclude.conf"
+        include = module_dir / "etc" / "state-include.conf"
+        if exclude.is_file():
+            args += ["--exclude-file", str(exclude)]
+        if include.is_file():
+            args += ["--files-from", str(include)]
+        args.append("state")
+        summary: dict[str, Any] = {}
+
+        def on_message(message: dict[str, Any]) -> None:
+            if message.get("message_type") == "summary":
+                summary.update(message)
+            elif message.get("message_type") == "status" and progress is not None:
+                progress(message)
+
+        completed = run_restic(
+            args,
+            env,
+            binary=binary,
+            cwd=str(module_dir),
+            timeout=timeout,
+            progress=on_message,
+        )
+        result["exit_code"] = completed.returncode
+        if summary:
+            result["snapshot_id"] = str(summary.get("snapshot_id") or "")
+            result["added_bytes"] = _int(summary.get("data_added"))
+            result["files_new"] = _int(summary.get("files_new"))
+            result["files_changed"] = _int(summary.get("files_changed"))
+            result["total_bytes"] = _int(summary.get("total_bytes_processed"))
+        if completed.returncode != 0:
+            kind = classify_failure(completed.returncode, completed.stderr, version)
+            _fail(result, completed.returncode, kind, completed.stderr)
+
+    def _hook(self, name: str, module_dir: Path, backup_id: int, *, required: bool) -> str:
+        """Run the module's ``module-dump-state``/``module-cleanup-state`` if it has one
+        (``<module>/bin`` first, then ``PATH``, as NS8's runagent arranges). A failing dump
+        fails the backup; a failing cleanup is reported and does not."""
+        search = os.pathsep.join([str(module_dir / "bin"), os.environ.get("PATH", "")])
+        found = shutil.which(name, path=search)
+        if found is None:
+            return ""
+        try:
+            completed = subprocess.run(
+                [found, str(backup_id)],
+                cwd=module_dir / "state",
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=HOOK_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            message = f"{name} failed: {type(exc).__name__}"
+        else:
+            if completed.returncode == 0:
+                return ""
+            message = f"{name} exited {completed.returncode}: {completed.stderr.strip()[-300:]}"
+        if required:
+            raise NsbackupError(message)
+        log.warning("%s", message)
+        return message
+
+
+def _fail(result: ModuleBackupResult, code: int, kind: str, stderr: str, prefix: str = "") -> None:
+    result["exit_code"] = code
+    result["failure"] = kind
+    detail = _last_error(stderr)
+    result["message"] = f"{prefix}{explain_failure(kind, code)}" + (f": {detail}" if detail else "")
+
+
+def explain_failure(kind: str, code: int) -> str:
+    texts = {
+        "partial": "some source data could not be read (restic exit 3); the snapshot lacks it",
+        "no_repository": "the repository does not exist (restic exit 10)",
+        "locked": "the repository is locked by another restic (restic exit 11)",
+        "wrong_password": "the Restic password opens no key of the repository (restic exit 12)",
+    }
+    return texts.get(kind, explain(code))
+
+
+def _last_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)

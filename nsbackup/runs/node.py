@@ -1,0 +1,655 @@
+"""Node orchestration: ``nsbackup backup run ID`` (NS8's ``run-backup``, ref §5.2-5.3) and
+``nsbackup backup check ID``, with the node's credentials.
+
+Per run: the backup id is locked on the node (a second run of it is :class:`Busy` at once);
+``nsbackup_before_run`` plugins run (the leader's cluster dump upload); each local module of
+the schedule is backed up by its module runner, up to ``jobs`` at once, each under the node's
+lock of that module (a module another schedule is backing up is waited for, at most ``wait``
+seconds, and taken the moment it is released); then, with node credentials, ``restic stats``,
+retention, the status in Redis (with its event) and the metadata file on the destination. One
+:class:`~nsbackup.runs.report.RunReport` goes to every metric sink and to
+``nsbackup_after_run``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from nsbackup.errors import Busy, NotFound, NsbackupError, Unreachable, ValidationFailed
+from nsbackup.model import ClusterState, FieldError, Module, Schedule
+from nsbackup.plugins import ModuleRunner, PluginHost, RunnerResult, RunnerSettings
+from nsbackup.restic import (
+    classify_failure,
+    restic_binary,
+    restic_env,
+    restic_version,
+    run_restic,
+)
+from nsbackup.runs.context import RunContext
+from nsbackup.runs.locks import LockTimeout, file_lock
+from nsbackup.runs.module import explain_failure
+from nsbackup.runs.report import (
+    CheckReport,
+    ModuleResult,
+    RepositoryCheck,
+    RunReport,
+    outcome_of,
+)
+from nsbackup.store import Store
+from nsbackup.webdav import GatewayClient
+
+log = logging.getLogger(__name__)
+
+PROGRESS_PREFIX = "nsbackup-progress "
+RESTIC_TIMEOUT = 24 * 3600.0
+
+# progress(module_id, event, data): event is "start", "progress" (restic's status message),
+# or "end" (the ModuleResult as JSON).
+ProgressCallback = Callable[[str, str, dict[str, Any]], None]
+
+
+class RunService:
+    """``cluster.runs``: backup runs and checks on the local node."""
+
+    def __init__(self, store: Store, host: PluginHost, settings: Any) -> None:
+        self.store = store
+        self.host = host
+        self.settings = settings
+        self._configured = False
+
+    def sinks(self) -> list[Any]:
+        """The metric sinks, each given the node's settings once (``configure``)."""
+        sinks = list(self.host.metric_sinks.values())
+        if not self._configured:
+            self._configured = True
+            for sink in sinks:
+                configure = getattr(sink, "configure", None)
+                if callable(configure):
+                    try:
+                        configure(self.settings)
+                    except Exception as exc:
+                        log.warning("metric sink %s cannot be configured: %s", sink.name, exc)
+        return sinks
+
+    # -- listings (nsbackup.runs.listings) ------------------------------------------------
+    def snapshots(self, payload: Any) -> list[dict[str, Any]]:
+        """NS8's read-backup-snapshots: the snapshots of one repository (node credentials)."""
+        from nsbackup.runs.listings import snapshots
+
+        return snapshots(self, payload)
+
+    def repositories(self, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """NS8's read-backup-repositories: the restic repositories found in every destination
+        through the gateway (destinations in parallel, each bounded by ``timeout``)."""
+        from nsbackup.runs.listings import repositories
+
+        return repositories(self, timeout=timeout)
+
+    # -- shared ---------------------------------------------------------------------------
+    def _node(self) -> str:
+        node = self.settings.node_id
+        if not node:
+            raise ValidationFailed.one(
+                "node", None, "required", "the local node id is required (--node or NODE_ID)"
+            )
+        return str(node)
+
+    def _credentials(self) -> tuple[str, str]:
+        """The node's gateway credentials are its Redis credentials (NS8's rule)."""
+        kwargs = self.store.reader.connection_pool.connection_kwargs
+        return self.store.reader_user, str(kwargs.get("password") or "")
+
+    def _schedule(self, state: ClusterState, backup_id: int) -> Schedule:
+        schedule = state.schedules.get(backup_id)
+        if schedule is None:
+            raise NotFound(
+                [
+                    FieldError(
+                        "id", "id", backup_id, "backup_not_found", f"backup {backup_id} not found"
+                    )
+                ]
+            )
+        return schedule
+
+    def _restic(self, repository_path: str, password: str) -> tuple[dict[str, str], str, Any]:
+        user, gateway_password = self._credentials()
+        binary = restic_binary()
+        env = restic_env(
+            repository_path=repository_path,
+            user=user,
+            password=gateway_password,
+            restic_password=password,
+            gateway_url=self.settings.gateway_url,
+            cache_dir=str(Path(self.settings.state_dir) / "cache" / "restic"),
+            binary=binary,
+        )
+        return env, binary, restic_version(binary)
+
+    def _check_gateway(self) -> None:
+        """Exit 5 before anything when the gateway does not answer."""
+        import requests
+
+        try:
+            requests.get(self.settings.gateway_url.rstrip("/") + "/", timeout=(3, 10))
+        except requests.RequestException as exc:
+            raise Unreachable(
+                f"the gateway {self.settings.gateway_url} does not answer: {type(exc).__name__}"
+            ) from None
+
+    def runner(self, name: str | None = None) -> ModuleRunner:
+        """The module runner ``name``, else ``settings.runner``, else ``ns8`` when it is
+        available here, else ``local``."""
+        runners = self.host.module_runners
+        wanted = name or self.settings.runner
+        if wanted:
+            if wanted not in runners:
+                raise ValidationFailed.one(
+                    "runner",
+                    wanted,
+                    "runner_unknown",
+                    f"unknown module runner {wanted!r}; installed: {sorted(runners)}",
+                )
+            return runners[wanted]
+        settings = self.runner_settings()
+        for candidate in ("ns8", "local"):
+            runner = runners.get(candidate)
+            if runner is not None and runner.available(settings):
+                return runner
+        raise ValidationFailed.one(
+            "runner",
+            None,
+            "runner_unavailable",
+            "no module runner can work here: runagent is not on PATH and no modules "
+            "directory is set (--modules-dir or NSBACKUP_MODULES_DIR)",
+        )
+
+    def runner_settings(self) -> RunnerSettings:
+        kwargs = self.store.reader.connection_pool.connection_kwargs
+        if "path" in kwargs:
+            redis_url = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
+        else:
+            redis_url = f"redis://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
+        env = {k: v for k, v in os.environ.items() if k == "NSBACKUP_RESTIC"}
+        return RunnerSettings(
+            modules_dir=self.settings.modules_dir,
+            redis_url=redis_url,
+            gateway_url=self.settings.gateway_url,
+            command=(sys.executable, "-m", "nsbackup"),
+            env=env,
+        )
+
+    # -- run ------------------------------------------------------------------------------
+    def run(
+        self,
+        backup_id: int,
+        *,
+        jobs: int = 1,
+        wait: float = 3600.0,
+        runner: str | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> dict[str, Any]:
+        """Back up every local module of schedule ``backup_id``; return the run report
+        (:class:`~nsbackup.runs.report.RunReport` as JSON, with ``exit_code``)."""
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ValidationFailed.one("jobs", jobs, "minimum", "jobs must be an integer >= 1")
+        if not isinstance(wait, int | float) or wait < 0:
+            raise ValidationFailed.one("wait", wait, "minimum", "wait must be >= 0 seconds")
+        node = self._node()
+        state = self.store.load()
+        schedule = self._schedule(state, backup_id)
+        lock = Path(self.settings.state_dir) / "locks" / f"backup-{backup_id}.lock"
+        try:
+            with file_lock(lock, wait=0):
+                report = self._run_locked(
+                    state, schedule, node, jobs, float(wait), runner, progress
+                )
+        except LockTimeout as exc:
+            holder = f" by pid {exc.holder}" if exc.holder else ""
+            raise Busy(f"backup {backup_id} is already running on node {node}{holder}") from None
+        return self._publish(report).to_json()
+
+    def _run_locked(
+        self,
+        state: ClusterState,
+        schedule: Schedule,
+        node: str,
+        jobs: int,
+        wait: float,
+        runner_name: str | None,
+        progress: ProgressCallback | None,
+    ) -> RunReport:
+        start = time.time()
+        leader = state.leader == node
+        base = RunReport(
+            backup_id=schedule.id,
+            name=schedule.name,
+            node_id=node,
+            destination=schedule.repository,
+            start=start,
+            end=start,
+            outcome="disabled",
+            leader=leader,
+        )
+        if not schedule.enabled:
+            return attrs.evolve(base, end=time.time())
+        local = local_modules(state, schedule, node)
+        notes: dict[str, Any] = {}
+        if not local:
+            self._before_run(schedule, node, leader, state, notes)
+            return attrs.evolve(base, end=time.time(), outcome="no_local_modules", notes=notes)
+        runner = self.runner(runner_name)
+        self._check_gateway()
+        self._before_run(schedule, node, leader, state, notes)
+        password = self.store.restic_password(schedule.repository)
+        if password is None:
+            raise NsbackupError(
+                f"destination {schedule.repository} has no Restic password (or "
+                f"{self.store.reader_user} may not read it)"
+            )
+        user, gateway_password = self._credentials()
+        settings = self.runner_settings()
+        with GatewayClient(self.settings.gateway_url, user, gateway_password) as dav:
+            work = _ModuleWork(
+                service=self,
+                state=state,
+                schedule=schedule,
+                node=node,
+                runner=runner,
+                settings=settings,
+                restic_password=password.reveal(),
+                wait=wait,
+                dav=dav,
+                progress=progress,
+            )
+            if jobs == 1 or len(local) == 1:
+                results = [work.process(module) for module in local]
+            else:
+                with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="module") as pool:
+                    results = list(pool.map(work.process, local))
+        modules = tuple(results)
+        if work.status_failures:
+            notes["status_not_written"] = work.status_failures
+        return attrs.evolve(
+            base, end=time.time(), outcome=outcome_of(modules), modules=modules, notes=notes
+        )
+
+    def _before_run(
+        self,
+        schedule: Schedule,
+        node: str,
+        leader: bool,
+        state: ClusterState,
+        notes: dict[str, Any],
+    ) -> None:
+        impls = self.host.pm.hook.nsbackup_before_run.get_hookimpls()
+        if not impls:
+            return
+        user, password = self._credentials()
+
+        def upload(name: str, data: bytes, content_type: str) -> None:
+            with GatewayClient(self.settings.gateway_url, user, password) as dav:
+                dav.put(f"{schedule.repository}/{name.lstrip('/')}", data, content_type)
+
+        context = RunContext(
+            schedule=schedule,
+            node_id=node,
+            leader=leader,
+            state=state,
+            gateway_url=self.settings.gateway_url,
+            upload=upload,
+            notes=notes,
+        )
+        for impl in impls:
+            try:
+                impl.function(context)
+            except Exception as exc:  # a plugin never fails the run
+                log.warning("before-run hook of plugin %s failed: %s", impl.plugin_name, exc)
+                notes.setdefault("before_run_failures", {})[impl.plugin_name] = (
+                    f"{type(exc).__name__}: {str(exc)[:300]}"
+                )
+
+    def _publish(self, report: RunReport) -> RunReport:
+        """Give the report to every metric sink, then to ``nsbackup_after_run``."""
+        failures: dict[str, str] = {}
+        for sink in self.sinks():
+            try:
+                sink.record(report)
+            except Exception as exc:  # a sink never fails the run
+                log.warning("metric sink %s failed: %s", sink.name, exc)
+                failures[sink.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if failures:
+            report = attrs.evolve(report, sink_failures=failures)
+        for impl in self.host.pm.hook.nsbackup_after_run.get_hookimpls():
+            try:
+                impl.function(report)
+            except Exception as exc:
+                log.warning("after-run hook of plugin %s failed: %s", impl.plugin_name, exc)
+        return report
+
+    # -- check ----------------------------------------------------------------------------
+    def check(self, backup_id: int, *, read_data_subset: str | None = None) -> dict[str, Any]:
+        """``restic check`` of every repository of schedule ``backup_id`` (node credentials);
+        the verdict goes into each module's status and to the metric sinks."""
+        if read_data_subset is not None and not _valid_subset(read_data_subset):
+            raise ValidationFailed.one(
+                "read_data_subset",
+                read_data_subset,
+                "pattern",
+                "read_data_subset must be n/t (e.g. 1/5), a percentage (e.g. 10%) or a size "
+                "(e.g. 1G)",
+            )
+        node = self._node()
+        state = self.store.load()
+        schedule = self._schedule(state, backup_id)
+        password = self.store.restic_password(schedule.repository)
+        if password is None:
+            raise NsbackupError(f"destination {schedule.repository} has no Restic password")
+        start = time.time()
+        checks = []
+        modules = [state.modules[m] for m in schedule.instances if m in state.modules]
+        for module in modules:
+            if not module.uuid:
+                continue
+            path = f"{schedule.repository}/{module.repository_path}"
+            env, binary, version = self._restic(path, password.reveal())
+            args = ["check"]
+            if read_data_subset:
+                args.append(f"--read-data-subset={read_data_subset}")
+            completed = run_restic(args, env, binary=binary, timeout=RESTIC_TIMEOUT)
+            ok = completed.returncode == 0
+            message = ""
+            if not ok:
+                kind = classify_failure(completed.returncode, completed.stderr, version)
+                message = explain_failure(kind, completed.returncode)
+                detail = _tail(completed.stderr)
+                message += f": {detail}" if detail else ""
+            checks.append(
+                RepositoryCheck(
+                    module_id=module.id,
+                    module_uuid=module.uuid,
+                    repository_path=module.repository_path,
+                    ok=ok,
+                    restic_exit_code=completed.returncode,
+                    message=message,
+                    read_data_subset=read_data_subset,
+                )
+            )
+            if module.node == node:
+                self._merge_status(node, backup_id, module.id, ok, start)
+        report = CheckReport(
+            backup_id=backup_id,
+            name=schedule.name,
+            node_id=node,
+            destination=schedule.repository,
+            start=start,
+            end=time.time(),
+            repositories=tuple(checks),
+        )
+        failures: dict[str, str] = {}
+        for sink in self.sinks():
+            record_check = getattr(sink, "record_check", None)
+            if not callable(record_check):
+                continue
+            try:
+                record_check(report)
+            except Exception as exc:
+                log.warning("metric sink %s failed: %s", sink.name, exc)
+                failures[sink.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        if failures:
+            report = attrs.evolve(report, sink_failures=failures)
+        return report.to_json()
+
+    def _merge_status(self, node: str, bid: int, module_id: str, ok: bool, when: float) -> None:
+        try:
+            current = self.store.module_statuses(node, bid).get(module_id)
+            status = dict(current) if isinstance(current, dict) else {}
+            status["last_check"] = int(when)
+            status["check_ok"] = ok
+            self.store.write_module_status(node, bid, module_id, status)
+        except NsbackupError as exc:
+            log.warning("check status of %s not written: %s", module_id, exc)
+
+
+@attrs.define
+class _ModuleWork:
+    """One run's per-module steps (shared by the worker threads)."""
+
+    service: RunService
+    state: ClusterState
+    schedule: Schedule
+    node: str
+    runner: ModuleRunner
+    settings: RunnerSettings
+    restic_password: str = attrs.field(repr=False)
+    wait: float = 3600.0
+    dav: GatewayClient | None = None
+    progress: ProgressCallback | None = None
+    status_failures: list[str] = attrs.field(factory=list)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def process(self, module: Module) -> ModuleResult:
+        start = int(time.time())
+        lock = Path(self.service.settings.state_dir) / "locks" / f"module-{module.id}.lock"
+        try:
+            with file_lock(lock, wait=self.wait):
+                result = self._backup(module, start)
+        except LockTimeout as exc:
+            holder = f" (held by pid {exc.holder})" if exc.holder else ""
+            result = ModuleResult(
+                module_id=module.id,
+                module_uuid=module.uuid,
+                repository_path=module.repository_path,
+                success=False,
+                start=start,
+                end=int(time.time()),
+                failure="still_locked",
+                message=f"module {module.id} still locked after {self.wait:g} s{holder}",
+                errors=1,
+            )
+        result = self._record(module, result)
+        if self.progress is not None:
+            self.progress(module.id, "end", result.to_json())
+        return result
+
+    def _backup(self, module: Module, start: int) -> ModuleResult:
+        if self.progress is not None:
+            self.progress(module.id, "start", {})
+        args = [
+            "--json",
+            "module",
+            "backup",
+            str(self.schedule.id),
+            "--module",
+            module.id,
+            "--wait",
+            "0",
+            "--progress",
+        ]
+
+        def on_line(line: str) -> None:
+            if line.startswith(PROGRESS_PREFIX) and self.progress is not None:
+                try:
+                    message = json.loads(line[len(PROGRESS_PREFIX) :])
+                except json.JSONDecodeError:
+                    return
+                if isinstance(message, dict):
+                    self.progress(module.id, "progress", message)
+
+        try:
+            outcome: RunnerResult | None = self.runner.run(
+                module.id, args, self.settings, timeout=RESTIC_TIMEOUT, on_line=on_line
+            )
+            failure_text = ""
+        except NsbackupError as exc:
+            outcome, failure_text = None, str(exc)
+        fields: dict[str, Any] = {
+            "module_id": module.id,
+            "module_uuid": module.uuid,
+            "repository_path": module.repository_path,
+            "start": start,
+        }
+        errors = 0
+        if outcome is None:
+            backed_up = False
+            fields.update(failure="runner", message=f"the module runner failed: {failure_text}")
+        else:
+            side = _module_side_result(outcome)
+            code = side.get("exit_code") if isinstance(side.get("exit_code"), int) else None
+            backed_up = outcome.returncode == 0 and code == 0
+            fields.update(
+                restic_exit_code=code,
+                snapshot_id=str(side.get("snapshot_id") or ""),
+                added_bytes=_int(side.get("added_bytes")),
+                files_new=_int(side.get("files_new")),
+                files_changed=_int(side.get("files_changed")),
+            )
+            if not backed_up:
+                fields["failure"] = side.get("failure") or ("fatal" if code else "runner")
+                fields["message"] = (
+                    str(side.get("message") or "")
+                    or _tail(outcome.stderr)
+                    or (f"the module side exited {outcome.returncode}")
+                )
+        if not backed_up:
+            errors += 1
+        path = f"{self.schedule.repository}/{module.repository_path}"
+        env, binary, version = self.service._restic(path, self.restic_password)
+        stats = run_restic(["stats", "--json", "latest"], env, binary=binary, timeout=3600)
+        stats_data: dict[str, Any] = {}
+        if stats.returncode == 0:
+            try:
+                parsed = json.loads(stats.stdout)
+                stats_data = parsed if isinstance(parsed, dict) else {}
+            except json.JSONDecodeError:
+                stats_data = {}
+        if stats.returncode != 0 or not stats_data:
+            errors += 1
+            if backed_up:
+                fields["failure"] = "stats"
+                fields["message"] = f"restic stats failed: {_tail(stats.stderr)}"
+        retention_applied = False
+        if backed_up:
+            keep = f"--keep-last={max(1, self.schedule.retention)}"
+            forget = run_restic(
+                ["forget", "--prune", keep], env, binary=binary, timeout=RESTIC_TIMEOUT
+            )
+            retention_applied = forget.returncode == 0
+            if not retention_applied:
+                errors += 1
+                kind = classify_failure(forget.returncode, forget.stderr, version)
+                fields["failure"] = "retention"
+                fields["message"] = (
+                    f"retention (forget --prune {keep}) failed: "
+                    f"{explain_failure(kind, forget.returncode)}: {_tail(forget.stderr)}"
+                )
+        return ModuleResult(
+            **fields,
+            success=errors == 0,
+            end=int(time.time()),
+            stats={k: v for k, v in stats_data.items() if isinstance(v, int | float)},
+            errors=errors,
+            retention_applied=retention_applied,
+        )
+
+    def _record(self, module: Module, result: ModuleResult) -> ModuleResult:
+        """The status in Redis (leader) with its event, then the metadata file."""
+        status: dict[str, Any] = {
+            "start": result.start,
+            "end": result.end,
+            "errors": result.errors,
+            "total_size": 0,
+            "total_file_count": 0,
+            "snapshots_count": 0,
+            **result.stats,
+            "exit_code": result.restic_exit_code,
+            "failure": result.failure,
+            "message": result.message,
+            "snapshot_id": result.snapshot_id,
+            "added_bytes": result.added_bytes,
+        }
+        try:
+            self.service.store.write_module_status(self.node, self.schedule.id, module.id, status)
+        except NsbackupError as exc:
+            log.warning("status of %s not written: %s", module.id, exc)
+            with self._lock:
+                self.status_failures.append(module.id)
+        metadata = {
+            "module_id": module.id,
+            "module_ui_name": module.ui_name,
+            "node_fqdn": socket.getfqdn(),
+            "cluster_uuid": self.state.cluster_uuid,
+            "uuid": module.uuid,
+            "timestamp": int(time.time()),
+            "success": result.success,
+        }
+        uploaded = False
+        if self.dav is not None:
+            try:
+                self.dav.put(
+                    f"{self.schedule.repository}/{module.repository_path}.json",
+                    json.dumps(metadata).encode(),
+                    "application/json",
+                )
+                uploaded = True
+            except NsbackupError as exc:
+                log.warning("metadata of %s not uploaded: %s", module.id, exc)
+        return attrs.evolve(result, metadata_uploaded=uploaded)
+
+
+def _module_side_result(outcome: RunnerResult) -> dict[str, Any]:
+    """The module side's JSON (a result, or an error document) from its standard output."""
+    text = outcome.stdout.strip()
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return {"message": text[-300:]}
+    if isinstance(data, list):  # a validation-error list
+        messages = [str(e.get("message") or e.get("error")) for e in data if isinstance(e, dict)]
+        return {"failure": "fatal", "message": "; ".join(messages)}
+    if isinstance(data, dict) and "error" in data and "exit_code" not in data:
+        return {"failure": "fatal", "message": str(data.get("message") or data["error"])}
+    return data if isinstance(data, dict) else {}
+
+
+def _tail(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _valid_subset(value: str) -> bool:
+    import re
+
+    return bool(
+        re.fullmatch(r"[1-9][0-9]{0,5}/[1-9][0-9]{0,5}", value)
+        or re.fullmatch(r"(100|[1-9]?[0-9](\.[0-9]+)?)%", value)
+        or re.fullmatch(r"[1-9][0-9]{0,9}[KMGT]?", value)
+    )
+
+
+def local_modules(state: ClusterState, schedule: Schedule, node: str) -> Sequence[Module]:
+    return [
+        state.modules[mid]
+        for mid in schedule.instances
+        if mid in state.modules and state.modules[mid].node == node
+    ]
