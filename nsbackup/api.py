@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from nsbackup.results import PluginsReport, ProviderInfo
     from nsbackup.runs.module import ModuleService
     from nsbackup.runs.node import RunService
+    from nsbackup.runs.scheduler import Scheduler
+    from nsbackup.runs.timers import TimerService
     from nsbackup.schedules import ScheduleService
     from nsbackup.store import Store
 
@@ -260,8 +262,25 @@ class Cluster:
         """Backup runs on this node: ``run``, ``check``, ``snapshots``, ``repositories``
         (node credentials)."""
         from nsbackup.runs.node import RunService
+    from nsbackup.runs.scheduler import Scheduler
+    from nsbackup.runs.timers import TimerService
 
         return RunService(self.store, self.host, self.settings)
+
+    @cached_property
+    def timers(self) -> TimerService:
+        """This node's systemd timers, one per enabled schedule: ``start``, ``stop``,
+        ``list``."""
+        from nsbackup.runs.timers import TimerService
+
+        return TimerService(self)
+
+    def scheduler(self) -> Scheduler:
+        """A scheduler for hosts without systemd: runs each enabled schedule at its next
+        elapse (systemd's calendar semantics) until stopped."""
+        from nsbackup.runs.scheduler import Scheduler
+
+        return Scheduler(self)
 
     @cached_property
     def module(self) -> ModuleService:

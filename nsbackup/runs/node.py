@@ -83,6 +83,22 @@ class RunService:
                         log.warning("metric sink %s cannot be configured: %s", sink.name, exc)
         return sinks
 
+    def purge_metrics(self, state: ClusterState | None = None) -> list[int]:
+        """Tell every metric sink which schedules are enabled (``purge``), so that it drops
+        what it keeps for removed or disabled ones (NS8's ``20purge_backup_prom``). Return
+        the enabled ids."""
+        state = state or self.store.load()
+        enabled = sorted(bid for bid, s in state.schedules.items() if s.enabled)
+        for sink in self.sinks():
+            purge = getattr(sink, "purge", None)
+            if not callable(purge):
+                continue
+            try:
+                purge(enabled)
+            except Exception as exc:
+                log.warning("metric sink %s could not purge: %s", sink.name, exc)
+        return enabled
+
     # -- listings (nsbackup.runs.listings) ------------------------------------------------
     def snapshots(self, payload: Any) -> list[dict[str, Any]]:
         """NS8's read-backup-snapshots: the snapshots of one repository (node credentials)."""
@@ -243,6 +259,7 @@ class RunService:
             leader=leader,
         )
         if not schedule.enabled:
+            self.purge_metrics(state)
             return attrs.evolve(base, end=time.time())
         local = local_modules(state, schedule, node)
         notes: dict[str, Any] = {}
