@@ -262,8 +262,6 @@ class Cluster:
         """Backup runs on this node: ``run``, ``check``, ``snapshots``, ``repositories``
         (node credentials)."""
         from nsbackup.runs.node import RunService
-    from nsbackup.runs.scheduler import Scheduler
-    from nsbackup.runs.timers import TimerService
 
         return RunService(self.store, self.host, self.settings)
 
