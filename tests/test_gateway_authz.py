@@ -797,7 +797,7 @@ def test_node_restic_forget_works(world: World) -> None:
 
 def test_refused_overwrites_always_get_their_403(world: World) -> None:
     """The append-only server refuses before reading the body; HAProxy buffers bodies up to a
-    buffer (64 KiB) so the refusal reaches the client every time (without buffering, 32 KiB
+    buffer (32 KiB) so the refusal reaches the client every time (without buffering, 32 KiB
     bodies came back as an empty reply about 5 times in 300)."""
     name = world.values["data_mail1"]
     path = f"{world.values['mail1']}/data/{name}"

@@ -17,6 +17,10 @@ PORT = 4694
 REALM = "ns8-rclone-gateway"
 REST_ACCEPT = "application/vnd.x.restic.rest.v2"
 PROBE_NAME = "_probe_rest_404"
+MAXCONN = 8000
+"""HAProxy's connection slots (``maxconn``); see docs/operations.md for the figures."""
+FILES_PER_CONNECTION = 2
+"""HAProxy needs a client and a server socket per connection."""
 # Longest socket name used below is "g<generation>-restic-append.sock" (< 32 bytes).
 MAX_SOCKET_DIR = 97 - 32
 

@@ -24,6 +24,7 @@ import ctypes
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -37,7 +38,13 @@ import attrs
 
 from nsbackup import rclone
 from nsbackup.errors import NsbackupError, Unreachable
-from nsbackup.gateway.context import GatewaySettings, RenderContext, Sockets
+from nsbackup.gateway.context import (
+    FILES_PER_CONNECTION,
+    MAXCONN,
+    GatewaySettings,
+    RenderContext,
+    Sockets,
+)
 from nsbackup.gateway.rc import RcError, haproxy_command, rc_call
 from nsbackup.gateway.render import Problem, build_context, render_files, write_files
 from nsbackup.model import ClusterState
@@ -226,6 +233,7 @@ class Gateway:
         haproxy = shutil.which("haproxy")
         if haproxy is None:
             raise Unreachable("haproxy not found (scripts/setup installs it)")
+        _ensure_file_limit(FILES_PER_CONNECTION * MAXCONN + 256)
         state = self.store.load()
         context = self._new_generation(state)
         self._check_haproxy()
@@ -493,6 +501,21 @@ class Gateway:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+
+def _ensure_file_limit(needed: int) -> None:
+    """HAProxy raises its own soft limit of open files to what ``maxconn`` needs, but cannot
+    go past the hard limit it inherits: raise that when allowed, or say what is missing."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
+    except (OSError, ValueError) as exc:
+        raise NsbackupError(
+            f"HAProxy needs {needed} open files for maxconn {MAXCONN} but the hard limit is "
+            f"{hard}: raise it (systemd LimitNOFILE=, ulimit -Hn)"
+        ) from exc
 
 
 def _read(path: Path) -> str | None:
