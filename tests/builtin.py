@@ -14,6 +14,7 @@ BUILTIN_PLUGINS = {
     "rclone",
     "gateway",
     "runners",
+    "prometheus",
 }
 BUILTIN_PROVIDERS = {
     "aws",
