@@ -95,6 +95,26 @@ class RunWorld:
         self.gateway = GatewayProcess(self.server, "1", port, self.base).start()
         return self
 
+    def add_destination(self, payload: dict[str, object]) -> str:
+        """Store a destination directly and wait until the gateway serves it."""
+        import requests
+
+        from tests.gateway_fixture import add_destination, wait_for
+
+        client = self.server.client()
+        try:
+            uid = add_destination(client, self.host(), payload).id
+        finally:
+            client.close()
+        assert self.gateway is not None
+        url = f"{self.gateway.url}/{uid}/_probe_rest_404"
+        wait_for(
+            lambda: requests.get(url, timeout=5).status_code == 404,
+            timeout=30,
+            what=f"the gateway to serve {uid}",
+        )
+        return uid
+
     @staticmethod
     def host() -> Any:
         from nsbackup.plugins import plugin_host
@@ -132,7 +152,7 @@ class RunWorld:
     def add_schedule(self, instances: Sequence[str], **fields: Any) -> int:
         request = {
             "name": fields.pop("name", "Nightly"),
-            "repository": self.destination,
+            "repository": fields.pop("repository", self.destination),
             "schedule": "*-*-* 01:00:00",
             "retention": 3,
             "instances": list(instances),
@@ -208,13 +228,14 @@ class RunWorld:
         return self.nsbackup("--json", "backup", "run", str(bid), *args, **kwargs)
 
     def restic_as_node(
-        self, mid: str, *args: str, binary: str | None = None
+        self, mid: str, *args: str, binary: str | None = None, destination: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         from nsbackup.restic import restic_env, run_restic
 
         assert self.gateway is not None
+        dest = destination or self.destination
         env = restic_env(
-            repository_path=f"{self.destination}/{mid.rstrip('0123456789')}/{module_uuid(mid)}",
+            repository_path=f"{dest}/{mid.rstrip('0123456789')}/{module_uuid(mid)}",
             user="node/1",
             password=PASSWORDS["node/1"],
             restic_password=self.restic_password(),

@@ -74,10 +74,16 @@ class Events:
     """A real subscriber on the event channels."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self.client = client  # redis-py closes a collected client's connections, ours too
         self.pubsub = client.pubsub()
         self.pubsub.psubscribe("cluster/event/*", "node/*/event/*")
-        self.pubsub.get_message(timeout=2)
-        self.pubsub.get_message(timeout=2)
+        confirmed = 0
+        deadline = time.monotonic() + 10
+        while confirmed < 2:  # both subscriptions active before anything is published
+            assert time.monotonic() < deadline, "the subscriptions were never confirmed"
+            message = self.pubsub.get_message(timeout=1)
+            if message and message["type"] == "psubscribe":
+                confirmed += 1
 
     def collect(self, count: int, timeout: float = 5) -> list[tuple[str, Any]]:
         got: list[tuple[str, Any]] = []

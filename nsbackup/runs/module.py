@@ -272,7 +272,7 @@ class ModuleService:
 def _fail(result: ModuleBackupResult, code: int, kind: str, stderr: str, prefix: str = "") -> None:
     result["exit_code"] = code
     result["failure"] = kind
-    detail = _last_error(stderr)
+    detail = restic_reason(stderr)
     result["message"] = f"{prefix}{explain_failure(kind, code)}" + (f": {detail}" if detail else "")
 
 
@@ -286,9 +286,25 @@ def explain_failure(kind: str, code: int) -> str:
     return texts.get(kind, explain(code))
 
 
-def _last_error(stderr: str) -> str:
+def restic_reason(stderr: str) -> str:
+    """restic's reason: its ``Fatal:`` line when there is one (restic 0.14 follows it with
+    hints and the repository URL), else its last line; JSON error lines are read too."""
+    import json
+
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1][:300] if lines else ""
+    for line in lines:
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(data, dict) and data.get("message_type") in ("exit_error", "error"):
+                text = data.get("message") or (data.get("error") or {}).get("message")
+                if text:
+                    return str(text)[:300]
+    fatal = [line for line in lines if line.startswith("Fatal:")]
+    chosen = fatal[-1] if fatal else (lines[-1] if lines else "")
+    return chosen.removeprefix("Fatal: ")[:300]
 
 
 def _int(value: Any) -> int:

@@ -27,7 +27,14 @@ from typing import Any
 
 import attrs
 
-from nsbackup.errors import Busy, NotFound, NsbackupError, Unreachable, ValidationFailed
+from nsbackup.errors import (
+    Busy,
+    NotFound,
+    NsbackupError,
+    PermissionDenied,
+    Unreachable,
+    ValidationFailed,
+)
 from nsbackup.model import ClusterState, FieldError, Module, Schedule
 from nsbackup.plugins import ModuleRunner, PluginHost, RunnerResult, RunnerSettings
 from nsbackup.restic import (
@@ -39,7 +46,7 @@ from nsbackup.restic import (
 )
 from nsbackup.runs.context import RunContext
 from nsbackup.runs.locks import LockTimeout, file_lock
-from nsbackup.runs.module import explain_failure
+from nsbackup.runs.module import explain_failure, restic_reason
 from nsbackup.runs.report import (
     CheckReport,
     ModuleResult,
@@ -119,6 +126,12 @@ class RunService:
         if not node:
             raise ValidationFailed.one(
                 "node", None, "required", "the local node id is required (--node or NODE_ID)"
+            )
+        user = self.store.reader_user
+        if user != f"node/{node}" and user != "cluster":
+            raise PermissionDenied(
+                f"permission denied: runs on node {node} need its credentials "
+                f"(REDIS_USER=node/{node}), not {user!r}"
             )
         return str(node)
 
@@ -277,6 +290,7 @@ class RunService:
             )
         user, gateway_password = self._credentials()
         settings = self.runner_settings()
+        down = self._destination_down(schedule.repository)
         with GatewayClient(self.settings.gateway_url, user, gateway_password) as dav:
             work = _ModuleWork(
                 service=self,
@@ -289,6 +303,7 @@ class RunService:
                 wait=wait,
                 dav=dav,
                 progress=progress,
+                down=down,
             )
             if jobs == 1 or len(local) == 1:
                 results = [work.process(module) for module in local]
@@ -301,6 +316,27 @@ class RunService:
         return attrs.evolve(
             base, end=time.time(), outcome=outcome_of(modules), modules=modules, notes=notes
         )
+
+    def _destination_down(self, destination: str) -> str:
+        """Why the destination does not answer through the gateway (``""`` when it does):
+        its health check, ``GET /<uuid>/_probe_rest_404``, must answer 404 within seconds.
+        A dead destination then fails every module at once instead of after restic's
+        minutes of retries."""
+        import requests
+
+        url = f"{self.settings.gateway_url.rstrip('/')}/{destination}/_probe_rest_404"
+        try:
+            response = requests.get(
+                url, headers={"Accept": "application/vnd.x.restic.rest.v2"}, timeout=(3, 30)
+            )
+        except requests.RequestException as exc:
+            return f"no answer from the gateway for destination {destination}: {type(exc).__name__}"
+        if response.status_code != 404:
+            return (
+                f"destination {destination} does not answer through the gateway (health check "
+                f"status {response.status_code})"
+            )
+        return ""
 
     def _before_run(
         self,
@@ -390,7 +426,7 @@ class RunService:
             if not ok:
                 kind = classify_failure(completed.returncode, completed.stderr, version)
                 message = explain_failure(kind, completed.returncode)
-                detail = _tail(completed.stderr)
+                detail = restic_reason(completed.stderr)
                 message += f": {detail}" if detail else ""
             checks.append(
                 RepositoryCheck(
@@ -453,15 +489,24 @@ class _ModuleWork:
     wait: float = 3600.0
     dav: GatewayClient | None = None
     progress: ProgressCallback | None = None
+    down: str = ""
     status_failures: list[str] = attrs.field(factory=list)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def process(self, module: Module) -> ModuleResult:
         start = int(time.time())
+        asked = time.time()
         lock = Path(self.service.settings.state_dir) / "locks" / f"module-{module.id}.lock"
         try:
             with file_lock(lock, wait=self.wait):
+                locked_at = time.time()
                 result = self._backup(module, start)
+            result = attrs.evolve(
+                result,
+                waited=round(locked_at - asked, 3),
+                locked_at=locked_at,
+                unlocked_at=time.time(),
+            )
         except LockTimeout as exc:
             holder = f" (held by pid {exc.holder})" if exc.holder else ""
             result = ModuleResult(
@@ -474,6 +519,7 @@ class _ModuleWork:
                 failure="still_locked",
                 message=f"module {module.id} still locked after {self.wait:g} s{holder}",
                 errors=1,
+                waited=round(time.time() - asked, 3),
             )
         result = self._record(module, result)
         if self.progress is not None:
@@ -483,6 +529,27 @@ class _ModuleWork:
     def _backup(self, module: Module, start: int) -> ModuleResult:
         if self.progress is not None:
             self.progress(module.id, "start", {})
+        if self.down:
+            return self._failed(module, start, "unreachable", self.down)
+        try:
+            return self._backup_module(module, start)
+        except NsbackupError as exc:
+            return self._failed(module, start, "fatal", str(exc))
+
+    def _failed(self, module: Module, start: int, failure: str, message: str) -> ModuleResult:
+        return ModuleResult(
+            module_id=module.id,
+            module_uuid=module.uuid,
+            repository_path=module.repository_path,
+            success=False,
+            start=start,
+            end=int(time.time()),
+            failure=failure,
+            message=message,
+            errors=1,
+        )
+
+    def _backup_module(self, module: Module, start: int) -> ModuleResult:
         args = [
             "--json",
             "module",
@@ -555,7 +622,7 @@ class _ModuleWork:
             errors += 1
             if backed_up:
                 fields["failure"] = "stats"
-                fields["message"] = f"restic stats failed: {_tail(stats.stderr)}"
+                fields["message"] = f"restic stats failed: {restic_reason(stats.stderr)}"
         retention_applied = False
         if backed_up:
             keep = f"--keep-last={max(1, self.schedule.retention)}"
@@ -569,7 +636,7 @@ class _ModuleWork:
                 fields["failure"] = "retention"
                 fields["message"] = (
                     f"retention (forget --prune {keep}) failed: "
-                    f"{explain_failure(kind, forget.returncode)}: {_tail(forget.stderr)}"
+                    f"{explain_failure(kind, forget.returncode)}: {restic_reason(forget.stderr)}"
                 )
         return ModuleResult(
             **fields,
@@ -612,7 +679,7 @@ class _ModuleWork:
             "success": result.success,
         }
         uploaded = False
-        if self.dav is not None:
+        if self.dav is not None and not self.down:
             try:
                 self.dav.put(
                     f"{self.schedule.repository}/{module.repository_path}.json",

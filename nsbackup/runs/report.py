@@ -16,6 +16,7 @@ MODULE_FAILURES = (
     "wrong_password",  # restic 12
     "fatal",  # any other restic failure (also 401/403 from the gateway)
     "still_locked",  # another run held the module past --wait
+    "unreachable",  # the destination does not answer through the gateway
     "runner",  # the module runner could not run the module side
     "stats",  # restic stats (node credentials) failed
     "retention",  # restic forget --prune (node credentials) failed
@@ -48,6 +49,11 @@ class ModuleResult:
     """NS8's error count (ref §1.2): +1 stats failed, +1 backup failed, +1 retention failed."""
     metadata_uploaded: bool = False
     retention_applied: bool = False
+    waited: float = 0.0
+    """Seconds spent waiting for the module (another run held it)."""
+    locked_at: float | None = None
+    """When this run took the module's lock, and when it gave it back (epoch seconds)."""
+    unlocked_at: float | None = None
 
     @property
     def duration(self) -> int:
