@@ -1,5 +1,5 @@
 """The ``prometheus`` metric sink: its files, parsed back with prometheus_client's own parser
-(and checked with promtool when it is installed), atomic writes, last success kept, purge."""
+(and checked with promtool, which scripts/setup installs), atomic writes, last success kept, purge."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from nsbackup.api import DEFAULT_METRICS_DIR, Settings
 from nsbackup.errors import NsbackupError
 from nsbackup.plugins import PluginHost
 from nsbackup.runs.report import CheckReport, ModuleResult, RepositoryCheck, RunReport
-from tests.servers import REPO_ROOT
+from tests.servers import REPO_ROOT, missing
 
 NS8_HELP = "# HELP node_backup_status Status of the backup (0 = failure, 1 = success)"
 NS8_TYPE = "# TYPE node_backup_status gauge"
@@ -440,7 +440,7 @@ def test_purge_of_a_missing_directory_does_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "absent").exists()
 
 
-# -- promtool (Prometheus' own tool), when installed ---------------------------------------------
+# -- promtool (Prometheus' own tool; scripts/setup installs it) ---------------------------------
 
 
 def promtool() -> str:
@@ -448,10 +448,7 @@ def promtool() -> str:
         (str(p) for p in PROMTOOL_PATHS if os.access(p, os.X_OK)), None
     )
     if found is None:
-        pytest.skip(
-            "promtool not installed (Debian's prometheus package; extract its usr/bin/promtool "
-            "into .tools/prometheus/usr/bin)"
-        )
+        missing("promtool")  # fails, naming scripts/setup: never a silent skip
     return found
 
 
