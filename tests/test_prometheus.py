@@ -1,5 +1,6 @@
 """The ``prometheus`` metric sink: its files, parsed back with prometheus_client's own parser
-(and checked with promtool, which scripts/setup installs), atomic writes, last success kept, purge."""
+(and checked with promtool, which scripts/setup installs), atomic writes, last success kept,
+purge."""
 
 from __future__ import annotations
 
