@@ -11,7 +11,7 @@ from collections.abc import Callable
 from importlib.resources import files
 
 from nsbackup import hookimpl, ini
-from nsbackup.gateway.context import MAXCONN, REALM, GatewayDestination, RenderContext
+from nsbackup.gateway.context import REALM, GatewayDestination, RenderContext
 from nsbackup.gateway.formats import env_line, hap_token, map_file
 from nsbackup.plugins import Renderer
 
@@ -151,7 +151,7 @@ class HaproxyCfg:
                 )
             backends.append("".join(lines))
         values = {
-            "MAXCONN": str(MAXCONN),
+            "MAXCONN": str(settings.maxconn),
             "ADMIN_SOCKET": hap_token(settings.admin_socket),
             "LISTEN": hap_token(settings.listen),
             "NODE_ID": hap_token(context.node_id),

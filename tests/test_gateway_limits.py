@@ -16,6 +16,8 @@ import contextlib
 import errno
 import resource
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,13 +28,20 @@ from typing import Self
 import pytest
 import requests
 
-from nsbackup.gateway.context import GatewaySettings
+from nsbackup.gateway.context import (
+    FILES_PER_CONNECTION,
+    MAXCONN,
+    RESERVED_FILES,
+    GatewaySettings,
+)
 from nsbackup.gateway.rc import haproxy_command
 from nsbackup.plugins import PluginHost
 from nsbackup.restic import restic_env, run_restic
+from tests import gateway_fixture
 from tests.cluster_seed import PASSWORDS, module_uuid
 from tests.gateway_fixture import (
     NODE_IPS,
+    NSBACKUP,
     RESTIC_PASSWORD,
     GatewayProcess,
     add_local_destination,
@@ -245,3 +254,37 @@ def _http_request_timeout(config: Path) -> float:
             value = words[2]
             return float(value[:-1]) if value.endswith("s") else float(value) / 1000
     raise AssertionError("no timeout http-request in haproxy.cfg")
+
+
+def test_a_low_file_limit_lowers_maxconn_instead_of_stopping_the_gateway(
+    redis_server: RedisServer,
+    node: Node,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HAProxy cannot pass the hard RLIMIT_NOFILE it inherits and refuses to start when
+    ``maxconn`` needs more: serve renders the ``maxconn`` the limit allows, and says so."""
+    wrapper = tmp_path / "nsbackup-4096"
+    wrapper.write_text(f'#!/bin/sh\nexec prlimit --nofile=1024:4096 -- {NSBACKUP} "$@"\n')
+    wrapper.chmod(0o700)
+    monkeypatch.setattr(gateway_fixture, "NSBACKUP", str(wrapper))
+    port = free_port(NODE_IPS["1"])
+    with GatewayProcess(redis_server, "1", port, tmp_path, listen_ip=NODE_IPS["1"]) as gw:
+        admin = GatewaySettings(gw.state_dir.resolve()).admin_socket
+        expected = (4096 - RESERVED_FILES) // FILES_PER_CONNECTION
+        assert int(haproxy_info(admin)["Maxconn"]) == expected
+        assert f"HAProxy gets maxconn {expected} instead of {MAXCONN}" in gw.log()
+        assert f"maxconn {expected}\n" in (gw.state_dir / "haproxy.cfg").read_text()
+
+
+def test_a_file_limit_too_low_for_any_gateway_is_reported() -> None:
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (200, 300))\n"
+        "from nsbackup.gateway.serve import fit_maxconn\n"
+        "fit_maxconn(8000)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode != 0
+    assert "open files but the hard limit is 300" in result.stderr

@@ -21,6 +21,8 @@ MAXCONN = 8000
 """HAProxy's connection slots (``maxconn``); see docs/operations.md for the figures."""
 FILES_PER_CONNECTION = 2
 """HAProxy needs a client and a server socket per connection."""
+RESERVED_FILES = 256
+"""File descriptors HAProxy needs besides its connections (listeners, checks, CLI)."""
 # Longest socket name used below is "g<generation>-restic-append.sock" (< 32 bytes).
 MAX_SOCKET_DIR = 97 - 32
 
@@ -41,6 +43,8 @@ class GatewaySettings:
     state_dir: Path
     listen: str = f"0.0.0.0:{PORT}"
     repo_dir: str = "/var/lib/nsbackup/repo"
+    maxconn: int = MAXCONN
+    """HAProxy's connection slots; ``gateway serve`` lowers it to what the file limit allows."""
 
     @property
     def run_dir(self) -> Path:

@@ -40,7 +40,7 @@ from nsbackup import rclone
 from nsbackup.errors import NsbackupError, Unreachable
 from nsbackup.gateway.context import (
     FILES_PER_CONNECTION,
-    MAXCONN,
+    RESERVED_FILES,
     GatewaySettings,
     RenderContext,
     Sockets,
@@ -233,7 +233,9 @@ class Gateway:
         haproxy = shutil.which("haproxy")
         if haproxy is None:
             raise Unreachable("haproxy not found (scripts/setup installs it)")
-        _ensure_file_limit(FILES_PER_CONNECTION * MAXCONN + 256)
+        maxconn = fit_maxconn(self.settings.maxconn)
+        if maxconn != self.settings.maxconn:
+            self.settings = attrs.evolve(self.settings, maxconn=maxconn)
         state = self.store.load()
         context = self._new_generation(state)
         self._check_haproxy()
@@ -503,19 +505,41 @@ class Gateway:
         self._stop.set()
 
 
-def _ensure_file_limit(needed: int) -> None:
-    """HAProxy raises its own soft limit of open files to what ``maxconn`` needs, but cannot
-    go past the hard limit it inherits: raise that when allowed, or say what is missing."""
+MIN_MAXCONN = 64
+
+
+def fit_maxconn(wanted: int) -> int:
+    """The ``maxconn`` HAProxy can have with the open files this process may give it.
+
+    HAProxy raises its own soft limit to what ``maxconn`` needs but cannot pass the hard limit
+    it inherits (and refuses to start). Raise the hard limit when allowed; otherwise run with
+    fewer slots, with a warning, rather than no gateway at all.
+    """
+    needed = FILES_PER_CONNECTION * wanted + RESERVED_FILES
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard >= needed:
-        return
+        return wanted
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
-    except (OSError, ValueError) as exc:
+        return wanted
+    except (OSError, ValueError):
+        pass
+    fit = (hard - RESERVED_FILES) // FILES_PER_CONNECTION
+    if fit < MIN_MAXCONN:
         raise NsbackupError(
-            f"HAProxy needs {needed} open files for maxconn {MAXCONN} but the hard limit is "
-            f"{hard}: raise it (systemd LimitNOFILE=, ulimit -Hn)"
-        ) from exc
+            f"HAProxy needs at least {FILES_PER_CONNECTION * MIN_MAXCONN + RESERVED_FILES} "
+            f"open files but the hard limit is {hard}: raise it (systemd LimitNOFILE=, "
+            "ulimit -Hn)"
+        )
+    log.warning(
+        "the hard limit of open files is %d: HAProxy gets maxconn %d instead of %d "
+        "(raise LimitNOFILE to %d)",
+        hard,
+        fit,
+        wanted,
+        needed,
+    )
+    return fit
 
 
 def _read(path: Path) -> str | None:
