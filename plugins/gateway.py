@@ -52,7 +52,7 @@ class RcloneConf:
 class AuthMap:
     name = "auth_map"
     filename = "auth.map"
-    secret = False
+    secret = True  # unsalted SHA-256 of every node and module password
 
     def render(self, context: RenderContext) -> str:
         entries = []

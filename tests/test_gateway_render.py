@@ -105,7 +105,7 @@ def test_golden_files(host: PluginHost, node: str) -> None:
         "rclone-gateway.env",
         "rclone.conf",
     ]
-    assert {n for n, (_, secret) in files.items() if secret} == {"rclone.conf"}
+    assert {n for n, (_, secret) in files.items() if secret} == {"auth.map", "rclone.conf"}
     for name, (text, _) in files.items():
         golden = GOLDEN / f"node{node}" / name
         if UPDATE:
@@ -225,11 +225,12 @@ def test_render_command(
         modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
         assert modes == {
             "rclone.conf": 0o600,
-            "haproxy.cfg": 0o644,
-            "auth.map": 0o644,
-            "modrepo.map": 0o644,
-            "rclone-gateway.env": 0o644,
+            "haproxy.cfg": 0o600,
+            "auth.map": 0o600,
+            "modrepo.map": 0o600,
+            "rclone-gateway.env": 0o600,
         }
+        assert out.stat().st_mode & 0o777 == 0o700  # created by render: private
         # rclone reads the rendered config and lists the s3 destination through combined
         (tmp_path / "s3" / "bucket" / "hello").mkdir(parents=True)
         lsd = subprocess.run(

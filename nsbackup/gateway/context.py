@@ -27,6 +27,34 @@ RESERVED_FILES = 256
 MAX_SOCKET_DIR = 97 - 32
 
 
+def choose_run_dir(
+    state_dir: Path, *, run_writable: bool, runtime_dir: str | None, temp_dir: str, uid: int
+) -> Path:
+    """The run directory of the gateway whose state is in ``state_dir``; a pure function.
+
+    In order of preference, the first whose path is short enough for a unix socket (HAProxy
+    allows 97 bytes):
+
+    1. ``<state>/run``, inside the private state directory;
+    2. ``/run/nsbackup-<hash>`` when ``/run`` is writable (root);
+    3. ``$XDG_RUNTIME_DIR/nsbackup-<hash>`` (the user's own 0700 runtime directory);
+    4. ``<temp>/nsbackup-<uid>-<hash>`` in the shared temporary directory.
+
+    ``<hash>`` derives from ``state_dir``. Each fallback is one directory level, created with
+    a single ``mkdir`` and verified before use (:func:`nsbackup.gateway.dirs.ensure_run_dir`):
+    a name someone else made first is refused, never reused.
+    """
+    own = state_dir / "run"
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+    candidates = [own]
+    if run_writable:
+        candidates.append(Path("/run") / f"nsbackup-{digest}")
+    if runtime_dir and os.path.isabs(runtime_dir):
+        candidates.append(Path(runtime_dir) / f"nsbackup-{digest}")
+    last = Path(temp_dir) / f"nsbackup-{uid}-{digest}"
+    return next((c for c in candidates if len(str(c)) <= MAX_SOCKET_DIR), last)
+
+
 @attrs.frozen
 class Sockets:
     """Unix sockets of one generation of rclone servers."""
@@ -48,14 +76,16 @@ class GatewaySettings:
 
     @property
     def run_dir(self) -> Path:
-        """Where sockets and pid files live: ``<state>/run``, or, when that path is too long
-        for a unix socket (HAProxy allows 97 bytes), a short directory derived from it."""
-        own = self.state_dir / "run"
-        if len(str(own)) <= MAX_SOCKET_DIR:
-            return own
-        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
-        base = Path("/run") if os.access("/run", os.W_OK) else Path(tempfile.gettempdir())
-        return base / "nsbackup" / digest
+        """Where sockets and pid files live (:func:`choose_run_dir` in this process's
+        environment). ``gateway render`` and ``gateway serve`` both use it, so the sockets
+        named in a rendered haproxy.cfg are the ones serve creates."""
+        return choose_run_dir(
+            self.state_dir,
+            run_writable=os.access("/run", os.W_OK),
+            runtime_dir=os.environ.get("XDG_RUNTIME_DIR"),
+            temp_dir=tempfile.gettempdir(),
+            uid=os.geteuid(),
+        )
 
     def sockets(self, generation: int) -> Sockets:
         run = self.run_dir

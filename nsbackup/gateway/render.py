@@ -125,14 +125,21 @@ def render_files(host: PluginHost, context: RenderContext) -> dict[str, tuple[st
     return files
 
 
+FILE_MODE = 0o600
+"""Every gateway file: auth.map holds the password hashes of every node and module, rclone.conf
+destination credentials, and nothing else needs to be read by another user (HAProxy and rclone
+run as the gateway's user)."""
+
+
 def write_files(directory: Path, files: Mapping[str, tuple[str, bool]]) -> list[str]:
-    """Write each file atomically (temp + fsync + rename); secret files are 0600, the others
-    0644. A file whose content did not change is not rewritten. Return the changed names."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write each file atomically (temp + fsync + rename) with mode 0600, secret or not. A
+    missing ``directory`` is created with mode 0700 (an existing one keeps its mode). A file
+    whose content and mode did not change is not rewritten. Return the changed names."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     changed = []
-    for name, (text, secret) in sorted(files.items()):
+    for name, (text, _secret) in sorted(files.items()):
         path = directory / name
-        mode = 0o600 if secret else 0o644
+        mode = FILE_MODE
         try:
             if path.read_text(encoding="utf-8") == text and (path.stat().st_mode & 0o777) == mode:
                 continue

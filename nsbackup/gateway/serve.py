@@ -45,6 +45,7 @@ from nsbackup.gateway.context import (
     RenderContext,
     Sockets,
 )
+from nsbackup.gateway.dirs import ensure_run_dir, ensure_state_dir, private_subdir
 from nsbackup.gateway.rc import RcError, haproxy_command, rc_call
 from nsbackup.gateway.render import Problem, build_context, render_files, write_files
 from nsbackup.model import ClusterState
@@ -65,11 +66,15 @@ _PRCTL: Any = None
 with contextlib.suppress(OSError, AttributeError):  # not Linux
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 _PR_SET_PDEATHSIG = 1
+CHILD_UMASK = 0o077
+"""rclone and HAProxy create sockets, a pid file, caches and (in the repo dir) backups: for
+their own user only."""
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if ``gateway serve`` dies, so no rclone or
-    HAProxy outlives it (Linux ``PR_SET_PDEATHSIG``)."""
+def _child_setup() -> None:
+    """In the child before exec: a private umask, and SIGTERM if ``gateway serve`` dies, so
+    no rclone or HAProxy outlives it (Linux ``PR_SET_PDEATHSIG``)."""
+    os.umask(CHILD_UMASK)
     if _PRCTL is not None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -118,7 +123,7 @@ class Generation:
             env=env,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
         )
         _wait(self._rc_ready, 30, "rclone rcd")
         if not upstreams:
@@ -223,16 +228,19 @@ class Gateway:
         self.on_event = on_event
         self.reloads = {"maps": 0, "generations": 0}
         self._pending_retire: threading.Thread | None = None
+        self._run_dir_ours = False
+        """Set once the run dir is verified: only then does :meth:`stop` clean it."""
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
-        run = self.settings.run_dir
-        run.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(run, 0o700)
-        Path(self.settings.repo_dir).mkdir(parents=True, exist_ok=True)
         haproxy = shutil.which("haproxy")
         if haproxy is None:
             raise Unreachable("haproxy not found (scripts/setup installs it)")
+        ensure_state_dir(self.settings.state_dir)
+        run = self.settings.run_dir
+        ensure_run_dir(run)
+        self._run_dir_ours = True
+        Path(self.settings.repo_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         maxconn = fit_maxconn(self.settings.maxconn)
         if maxconn != self.settings.maxconn:
             self.settings = attrs.evolve(self.settings, maxconn=maxconn)
@@ -254,7 +262,7 @@ class Gateway:
             env=rclone.clean_env(),  # no Redis credentials in HAProxy's environment
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
         )
         _wait(self._haproxy_ready, 30, "haproxy")
         log.info(
@@ -279,6 +287,8 @@ class Gateway:
                 thread.join(timeout=1)
         if self.generation is not None:
             self.generation.stop()
+        if not self._run_dir_ours:
+            return  # a refused run dir is someone else's: leave it alone
         # HAProxy leaves its sockets behind; nothing of this gateway stays in the run dir.
         for path in (
             self.settings.admin_socket,
@@ -342,7 +352,7 @@ class Gateway:
                 str(self.settings.run_dir / f"g{number}-rc.sock"),
                 self.settings.run_dir / f"g{number}" / "rclone.conf",
             )
-            generation.config.parent.mkdir(parents=True, exist_ok=True)
+            private_subdir(generation.config.parent)
             served = tuple(
                 d.id for d in context.destinations if d.local and d.id not in self.dropped
             )
