@@ -108,6 +108,23 @@ class GatewayClient:
             raise NsbackupError(f"/{path.lstrip('/')} is larger than {limit} bytes")
         return bytes(data)
 
+    def rest_names(self, repository: str, kind: str) -> list[str]:
+        """The object names of ``kind`` (``snapshots``, ``locks``, ...) in the restic
+        repository ``repository`` (``<destination>/<app>/<uuid>``), read with restic's REST
+        protocol: a listing, no key derivation."""
+        path = f"{repository.strip('/')}/{kind}/"
+        response = self._request(
+            "GET", path, headers={"Accept": "application/vnd.x.restic.rest.v2"}
+        )
+        if response.status_code == 404:
+            return []
+        self._check(response, "GET", path, (200,))
+        try:
+            items = response.json()
+        except ValueError:
+            raise NsbackupError(f"the gateway sent an invalid listing of /{path}") from None
+        return [str(i.get("name")) for i in items if isinstance(i, dict) and i.get("name")]
+
     def propfind(self, path: str, depth: str = "1") -> list[Entry]:
         """The entries of ``path`` (``Depth`` ``0`` or ``1``); ``[]`` when it is absent."""
         response = self._request("PROPFIND", path, headers={"Depth": depth})

@@ -33,6 +33,45 @@ def _holder(fd: int) -> int | None:
         return None
 
 
+class FileLock:
+    """An exclusive ``flock`` on ``path`` held between :meth:`acquire` and :meth:`release`
+    (possibly by different threads: the lock belongs to the open file, not to a thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, *, wait: float = 0.0, stop: Callable[[], bool] | None = None) -> None:
+        """Take the lock, waiting at most ``wait`` seconds (:class:`LockTimeout` otherwise);
+        the holder's pid is written into the file."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline or (stop is not None and stop()):
+                        raise LockTimeout(self.path, wait, _holder(fd)) from None
+                    time.sleep(POLL)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def file_lock(
     path: Path,
@@ -43,24 +82,9 @@ def file_lock(
     """Hold an exclusive lock on ``path`` (created 0600 in a 0700 directory), waiting at most
     ``wait`` seconds; raise :class:`LockTimeout` naming the holder's pid otherwise. The
     holder's pid is written into the file while it is held."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    lock = FileLock(path)
+    lock.acquire(wait=wait, stop=stop)
     try:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline or (stop is not None and stop()):
-                    raise LockTimeout(path, wait, _holder(fd)) from None
-                time.sleep(POLL)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
+        yield
     finally:
-        os.close(fd)  # releases the lock
+        lock.release()

@@ -164,9 +164,13 @@ class ModuleService:
             "end": int(started),
         }
         try:
-            self._ensure_repository(env, binary, version, result)
-            if result["failure"] is None:
-                self._run_backup(module_dir, env, binary, version, progress, timeout, result)
+            # The repository usually exists: back up at once; restic refuses quickly when
+            # it does not (no key derivation), then it is created and the backup retried.
+            self._run_backup(module_dir, env, binary, version, progress, timeout, result)
+            if result["failure"] == "no_repository":
+                self._init_repository(env, binary, result)
+                if result["initialized"]:
+                    self._run_backup(module_dir, env, binary, version, progress, timeout, result)
         finally:
             cleanup = self._hook("module-cleanup-state", module_dir, backup_id, required=False)
             if cleanup and result["failure"] is None:
@@ -174,23 +178,17 @@ class ModuleService:
             result["end"] = int(time.time())
         return result
 
-    def _ensure_repository(
-        self, env: dict[str, str], binary: str, version: Any, result: ModuleBackupResult
+    def _init_repository(
+        self, env: dict[str, str], binary: str, result: ModuleBackupResult
     ) -> None:
         from nsbackup.restic import run_restic
 
-        probe = run_restic(["cat", "config"], env, binary=binary, timeout=300)
-        if probe.returncode == 0:
-            return
-        kind = classify_failure(probe.returncode, probe.stderr, version)
-        if kind != "no_repository":
-            _fail(result, probe.returncode, kind, probe.stderr)
-            return
         init = run_restic(["init"], env, binary=binary, timeout=300)
         if init.returncode != 0:
             _fail(result, init.returncode, "fatal", init.stderr, "restic init failed: ")
             return
         result["initialized"] = True
+        result["exit_code"], result["failure"], result["message"] = 0, None, ""
 
     def _run_backup(
         self,

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from nsbackup.restic import (
     run_restic,
 )
 from nsbackup.runs.context import RunContext
-from nsbackup.runs.locks import LockTimeout, file_lock
+from nsbackup.runs.locks import FileLock, LockTimeout, file_lock
 from nsbackup.runs.module import explain_failure, restic_reason
 from nsbackup.runs.report import (
     CheckReport,
@@ -305,11 +305,7 @@ class RunService:
                 progress=progress,
                 down=down,
             )
-            if jobs == 1 or len(local) == 1:
-                results = [work.process(module) for module in local]
-            else:
-                with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="module") as pool:
-                    results = list(pool.map(work.process, local))
+            results = _pipeline(work, local, jobs)
         modules = tuple(results)
         if work.status_failures:
             notes["status_not_written"] = work.status_failures
@@ -476,6 +472,22 @@ class RunService:
 
 
 @attrs.define
+class _Pending:
+    """A module between its two phases: backed up (or not), its lock still held."""
+
+    module: Module
+    start: int
+    lock: FileLock | None
+    fields: dict[str, Any]
+    backed_up: bool
+    errors: int
+    result: ModuleResult | None
+    """Already decided (the lock was not obtained, the destination is down)."""
+    asked: float
+    locked_at: float | None
+
+
+@attrs.define
 class _ModuleWork:
     """One run's per-module steps (shared by the worker threads)."""
 
@@ -493,48 +505,71 @@ class _ModuleWork:
     status_failures: list[str] = attrs.field(factory=list)
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
-    def process(self, module: Module) -> ModuleResult:
+    def backup(self, module: Module) -> _Pending:
+        """The module-side phase: take the module's lock (waiting for another run at most
+        ``wait`` seconds) and run the module's backup through its runner. The lock stays
+        held until :meth:`finish`."""
         start = int(time.time())
         asked = time.time()
-        lock = Path(self.service.settings.state_dir) / "locks" / f"module-{module.id}.lock"
+        lock = FileLock(
+            Path(self.service.settings.state_dir) / "locks" / f"module-{module.id}.lock"
+        )
         try:
-            with file_lock(lock, wait=self.wait):
-                locked_at = time.time()
-                result = self._backup(module, start)
-            result = attrs.evolve(
-                result,
-                waited=round(locked_at - asked, 3),
-                locked_at=locked_at,
-                unlocked_at=time.time(),
-            )
+            lock.acquire(wait=self.wait)
         except LockTimeout as exc:
             holder = f" (held by pid {exc.holder})" if exc.holder else ""
-            result = ModuleResult(
-                module_id=module.id,
-                module_uuid=module.uuid,
-                repository_path=module.repository_path,
-                success=False,
-                start=start,
-                end=int(time.time()),
-                failure="still_locked",
-                message=f"module {module.id} still locked after {self.wait:g} s{holder}",
-                errors=1,
+            failed = attrs.evolve(
+                self._failed(
+                    module,
+                    start,
+                    "still_locked",
+                    f"module {module.id} still locked after {self.wait:g} s{holder}",
+                ),
                 waited=round(time.time() - asked, 3),
+            )
+            return _Pending(module, start, None, {}, False, 1, failed, asked, None)
+        locked_at = time.time()
+        if self.progress is not None:
+            self.progress(module.id, "start", {})
+        try:
+            if self.down:
+                failed = self._failed(module, start, "unreachable", self.down)
+                return _Pending(module, start, lock, {}, False, 1, failed, asked, locked_at)
+            fields, backed_up = self._module_side(module, start)
+        except BaseException:
+            lock.release()
+            raise
+        return _Pending(
+            module, start, lock, fields, backed_up, 0 if backed_up else 1, None, asked, locked_at
+        )
+
+    def finish(self, pending: _Pending) -> ModuleResult:
+        """The node-side phase, with node credentials: stats, retention, then the lock is
+        released, the status written and the metadata uploaded."""
+        module = pending.module
+        try:
+            if pending.result is not None:
+                result = pending.result
+            else:
+                try:
+                    result = self._node_side(pending)
+                except NsbackupError as exc:
+                    result = self._failed(module, pending.start, "fatal", str(exc))
+        finally:
+            unlocked_at = time.time()
+            if pending.lock is not None:
+                pending.lock.release()
+        if pending.locked_at is not None:
+            result = attrs.evolve(
+                result,
+                waited=round(pending.locked_at - pending.asked, 3),
+                locked_at=pending.locked_at,
+                unlocked_at=unlocked_at,
             )
         result = self._record(module, result)
         if self.progress is not None:
             self.progress(module.id, "end", result.to_json())
         return result
-
-    def _backup(self, module: Module, start: int) -> ModuleResult:
-        if self.progress is not None:
-            self.progress(module.id, "start", {})
-        if self.down:
-            return self._failed(module, start, "unreachable", self.down)
-        try:
-            return self._backup_module(module, start)
-        except NsbackupError as exc:
-            return self._failed(module, start, "fatal", str(exc))
 
     def _failed(self, module: Module, start: int, failure: str, message: str) -> ModuleResult:
         return ModuleResult(
@@ -549,7 +584,7 @@ class _ModuleWork:
             errors=1,
         )
 
-    def _backup_module(self, module: Module, start: int) -> ModuleResult:
+    def _module_side(self, module: Module, start: int) -> tuple[dict[str, Any], bool]:
         args = [
             "--json",
             "module",
@@ -584,7 +619,6 @@ class _ModuleWork:
             "repository_path": module.repository_path,
             "start": start,
         }
-        errors = 0
         if outcome is None:
             backed_up = False
             fields.update(failure="runner", message=f"the module runner failed: {failure_text}")
@@ -606,8 +640,11 @@ class _ModuleWork:
                     or _tail(outcome.stderr)
                     or (f"the module side exited {outcome.returncode}")
                 )
-        if not backed_up:
-            errors += 1
+        return fields, backed_up
+
+    def _node_side(self, pending: _Pending) -> ModuleResult:
+        module, fields, backed_up = pending.module, dict(pending.fields), pending.backed_up
+        errors = pending.errors
         path = f"{self.schedule.repository}/{module.repository_path}"
         env, binary, version = self.service._restic(path, self.restic_password)
         stats = run_restic(["stats", "--json", "latest"], env, binary=binary, timeout=3600)
@@ -624,7 +661,9 @@ class _ModuleWork:
                 fields["failure"] = "stats"
                 fields["message"] = f"restic stats failed: {restic_reason(stats.stderr)}"
         retention_applied = False
-        if backed_up:
+        if backed_up and self._within_retention(path):
+            retention_applied = True  # nothing to forget: no restic process needed
+        elif backed_up:
             keep = f"--keep-last={max(1, self.schedule.retention)}"
             forget = run_restic(
                 ["forget", "--prune", keep], env, binary=binary, timeout=RESTIC_TIMEOUT
@@ -646,6 +685,17 @@ class _ModuleWork:
             errors=errors,
             retention_applied=retention_applied,
         )
+
+    def _within_retention(self, repository: str) -> bool:
+        """True when the repository holds no more snapshots than the retention keeps (a
+        listing through the gateway; when it cannot be read, retention runs anyway)."""
+        if self.dav is None:
+            return False
+        try:
+            count = len(self.dav.rest_names(repository, "snapshots"))
+        except NsbackupError:
+            return False
+        return count <= max(1, self.schedule.retention)
 
     def _record(self, module: Module, result: ModuleResult) -> ModuleResult:
         """The status in Redis (leader) with its event, then the metadata file."""
@@ -690,6 +740,41 @@ class _ModuleWork:
             except NsbackupError as exc:
                 log.warning("metadata of %s not uploaded: %s", module.id, exc)
         return attrs.evolve(result, metadata_uploaded=uploaded)
+
+
+def _pipeline(work: _ModuleWork, modules: Sequence[Module], jobs: int) -> list[ModuleResult]:
+    """Up to ``jobs`` module sides at once; each module's node-side phase (stats, retention,
+    status, metadata) runs as soon as its backup ends, beside the next modules' backups (other
+    repositories), so the node's work does not hold the next module up. Results come back in
+    the modules' order."""
+    with (
+        ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="module") as backups,
+        ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="finish") as finishers,
+    ):
+        finished: list[Future[ModuleResult]] = []
+        for module in modules:
+            done: Future[ModuleResult] = Future()
+            finished.append(done)
+
+            def chain(started: Future[_Pending], done: Future[ModuleResult] = done) -> None:
+                try:
+                    pending = started.result()
+                except BaseException as exc:
+                    done.set_exception(exc)
+                    return
+                following = finishers.submit(work.finish, pending)
+                following.add_done_callback(lambda f: _copy(f, done))
+
+            backups.submit(work.backup, module).add_done_callback(chain)
+        return [f.result() for f in finished]
+
+
+def _copy(source: Future[ModuleResult], target: Future[ModuleResult]) -> None:
+    error = source.exception()
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())
 
 
 def _module_side_result(outcome: RunnerResult) -> dict[str, Any]:
