@@ -119,9 +119,8 @@ def main(rounds: int = 3, megabytes: float = 40.0) -> None:
             print(f"8 modules, {size / 2**20:.0f} MiB in all, {rounds} interleaved rounds")
             medians = {name: statistics.median(values) for name, values in times.items()}
             for name, value in medians.items():
-                print(
-                    f"  {name:<7} median {value:6.2f} s   ({', '.join(f'{v:.2f}' for v in times[name])})"
-                )
+                samples = ", ".join(f"{v:.2f}" for v in times[name])
+                print(f"  {name:<7} median {value:6.2f} s   ({samples})")
             print(f"run overhead  jobs 1 / direct = {medians['jobs 1'] / medians['direct']:.3f}")
             print(f"speed-up      jobs 1 / jobs 4 = {medians['jobs 1'] / medians['jobs 4']:.3f}")
             latencies = handover(world, 5)
