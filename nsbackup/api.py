@@ -23,6 +23,8 @@ from nsbackup.errors import ValidationFailed
 
 if TYPE_CHECKING:
     from nsbackup.destinations import DestinationService
+    from nsbackup.dr.dump import DumpService
+    from nsbackup.dr.restore import RestoreService
     from nsbackup.gateway.service import GatewayService
     from nsbackup.plugins import PluginHost
     from nsbackup.results import PluginsReport, ProviderInfo
@@ -279,6 +281,26 @@ class Cluster:
         from nsbackup.runs.scheduler import Scheduler
 
         return Scheduler(self)
+
+    @cached_property
+    def restore(self) -> RestoreService:
+        """Restores: grants (``grant``, ``revoke``, ``grants``) and ``run``."""
+        from nsbackup.dr.restore import RestoreService
+
+        return RestoreService(self)
+
+    @cached_property
+    def dump(self) -> DumpService:
+        """The encrypted cluster dump: ``export``, ``import_``, ``restore``."""
+        from nsbackup.dr.dump import DumpService
+
+        return DumpService(self)
+
+    def migrate(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Migrate NS8's legacy (pre-3.20) layout to the current one; idempotent."""
+        from nsbackup.dr.migrate import migrate
+
+        return migrate(self, dry_run=dry_run)
 
     @cached_property
     def module(self) -> ModuleService:
