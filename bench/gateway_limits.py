@@ -19,7 +19,8 @@ In one run:
    ``timeout http-request 30s``) with 2,100.
 
 Run: .venv/bin/python bench/gateway_limits.py [--connections N] [--bufsizes 65536,16384]
-     [--rounds N] [--data-mib N] [--skip-before]
+     [--rounds N] [--data-mib N] [--skip-before] [--only memory|cpu|latency]
+(about 6 minutes with the defaults on 2 CPUs; the figures are in docs/operations.md)
 """
 
 from __future__ import annotations
