@@ -225,12 +225,21 @@ class RecorderPlugin:
 
 
 class Running:
-    """A scheduler running in a thread (``run()``), stopped at the end."""
+    """A scheduler running in a thread (``run()``), stopped at the end. An exception of the
+    thread (e.g. at start) fails the test at the next :meth:`status`, with its message."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
         self.result: list[int] = []
-        self.thread = threading.Thread(target=lambda: self.result.append(scheduler.run()))
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.result.append(self.scheduler.run())
+        except BaseException as exc:
+            self.error = exc
+            raise
 
     def __enter__(self) -> Scheduler:
         self.thread.start()
@@ -242,6 +251,8 @@ class Running:
         assert not self.thread.is_alive()
 
     def status(self) -> dict[str, Any]:
+        if self.error is not None:
+            raise AssertionError(f"the scheduler failed: {self.error!r}") from self.error
         return self.scheduler.status()
 
 
