@@ -207,3 +207,49 @@ class ModuleBackupResult(TypedDict):
     total_bytes: int
     start: int
     end: int
+
+
+class SnapshotItem(TypedDict):
+    """One snapshot of NS8's read-backup-snapshots (``runs.snapshots``), oldest first."""
+
+    timestamp: int
+    """The snapshot time, seconds since the epoch (its UTC offset applied)."""
+    id: str
+    """The full snapshot id."""
+    total_bytes: int
+    """``summary.total_bytes_processed``; ``-1`` for snapshots without a summary (made by
+    restic < 0.17, or read with it)."""
+    backup_start: str
+    """``summary.backup_start`` as restic wrote it, or ``""``."""
+    backup_end: str
+    """``summary.backup_end`` as restic wrote it, or ``""``."""
+
+
+class RepositoryItem(TypedDict):
+    """One restic repository found on a destination (NS8's read-backup-repositories,
+    ``runs.repositories``). The metadata file on the destination only fills ``module_id``,
+    ``module_ui_name``, ``node_fqdn`` and ``is_generated_locally``; every other field is
+    computed."""
+
+    module_id: str
+    """From the metadata, else the installed module, else ``""``."""
+    module_ui_name: str
+    node_fqdn: str
+    path: str
+    """``<app>/<module uuid>`` inside the destination (``runs.snapshots``' ``path``)."""
+    name: str
+    """The application: the first part of ``path``."""
+    uuid: str
+    timestamp: int
+    """Last change on the destination (its metadata file, rewritten after every run, else
+    its ``config``), seconds since the epoch; ``-1`` when the destination gives no date."""
+    repository_id: str
+    repository_name: str
+    repository_provider: str
+    repository_url: str
+    installed_instance: str
+    """The module of this cluster whose UUID this is, or ``""``."""
+    installed_instance_ui_name: str
+    is_generated_locally: bool | None
+    """True for an installed module's repository or metadata naming this cluster; False
+    for metadata of another cluster; ``None`` without readable metadata."""

@@ -102,6 +102,25 @@ def check(ctx: Context) -> int:
     return code
 
 
+def _utc(timestamp: int) -> str:
+    from datetime import UTC, datetime
+
+    if timestamp < 0:
+        return "unknown time"
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def snapshots(ctx: Context) -> int:
+    items = ctx.cluster.runs.snapshots(ctx.data())
+    lines = [
+        f"{s['id'][:8]}  {_utc(s['timestamp'])}"
+        + (f"  {_size(s['total_bytes'])}" if s["total_bytes"] >= 0 else "")
+        for s in items
+    ]
+    ctx.emit(items, "\n".join(lines) if lines else "no snapshots")
+    return 0
+
+
 def _run_options(p: Any) -> None:
     p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
     p.add_argument(
@@ -138,6 +157,14 @@ def register(group: Any, command: Any) -> None:
         help="where the local runner finds modules (default $NSBACKUP_MODULES_DIR)",
     )
     _run_options(p)
+    p = command(
+        group,
+        "snapshots",
+        snapshots,
+        'snapshots of one repository: --data \'{"repository": DESTINATION, "path": APP/UUID}\'',
+    )
+    add_data(p)
+    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
     p = command(group, "check", check, "restic check of every repository of schedule ID")
     p.add_argument("id", metavar="ID", type=int, help="the backup (schedule) id")
     p.add_argument(

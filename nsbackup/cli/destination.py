@@ -50,6 +50,27 @@ def validate(ctx: Context) -> int:
     return 0
 
 
+def repositories(ctx: Context) -> int:
+    from nsbackup.errors import Partial
+
+    failure: Partial | None = None
+    try:
+        items = ctx.cluster.runs.repositories(timeout=ctx.args.timeout)
+    except Partial as exc:  # the destinations that answered are still worth printing
+        failure, items = exc, exc.result
+    lines = []
+    for r in items:
+        who = r["installed_instance"] or (
+            f"{r['module_id']} (not installed)" if r["module_id"] else "-"
+        )
+        lines.append(f"{r['repository_name']}  {r['path']}  {who}")
+    ctx.emit(items, "\n".join(lines) if lines else "no repositories")
+    if failure is None:
+        return 0
+    print(f"error: {failure}", file=ctx.err)
+    return failure.exit_code
+
+
 def register(group: Any, command: Any) -> None:
     p = command(
         group,
@@ -73,3 +94,17 @@ def register(group: Any, command: Any) -> None:
         action="store_true",
         help="include secrets and Restic passwords (node-privileged users only)",
     )
+    p = command(
+        group,
+        "repositories",
+        repositories,
+        "restic repositories found in every destination (through this node's gateway)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up on the destinations that have not answered after this long (default 10)",
+    )
+    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
