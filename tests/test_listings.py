@@ -216,7 +216,7 @@ def test_bad_snapshot_requests_exit_2_naming_the_field(world: World) -> None:
         assert code == 2, (payload, errors, err)
         assert [(e["field"], e["error"]) for e in errors] == expected, payload
         for field, _ in expected:
-            assert f"{field or 'request'}:" in err or "error:" in err
+            assert f"error: {field or 'request'}: " in err, err
 
 
 # -- destination repositories ---------------------------------------------------------------
