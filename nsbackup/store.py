@@ -641,6 +641,51 @@ class Store:
         raw = self._call(lambda: self.reader.hgetall(STATUS.format(node_id, bid)))
         return {mid: _json(value) for mid, value in _dict(raw).items()}
 
+    # -- restore grants -------------------------------------------------------------------
+    def restore_grants(self) -> dict[str, str]:
+        """``private/nodes/restore_uuid``: new module UUID → source module UUID."""
+        grants = self._call(lambda: self.reader.hgetall(RESTORE_UUID))
+        return _dict(grants)
+
+    def write_restore_grant(
+        self, module_uuid: str, source_uuid: str, *, dry_run: bool = False
+    ) -> None:
+        """Let the module ``module_uuid`` read ``source_uuid``'s repository; the gateways
+        reload on the destination event."""
+        self._write(
+            [
+                Op("HSET", RESTORE_UUID, (module_uuid, source_uuid)),
+                _publish_destinations([]),
+            ],
+            dry_run,
+        )
+
+    def remove_restore_grant(self, module_uuid: str, *, dry_run: bool = False) -> None:
+        self._write([Op("HDEL", RESTORE_UUID, (module_uuid,)), _publish_destinations([])], dry_run)
+
+    def relink_schedules(self, state: ClusterState, module_id: str, module_uuid: str) -> list[int]:
+        """After a module is restored: every schedule whose ``uinstances`` holds its UUID gets
+        the module back in ``instances`` (ref §8.3); one transaction and event."""
+        changed: list[Schedule] = []
+        for schedule in state.schedules.values():
+            if module_uuid not in schedule.uinstances:
+                continue
+            instances = schedule.instances
+            if module_id not in instances:
+                instances = (*instances, module_id)
+            uinstances = tuple(u for u in schedule.uinstances if u != module_uuid)
+            changed.append(attrs.evolve(schedule, instances=instances, uinstances=uinstances))
+        if not changed:
+            return []
+        ops: list[Op] = []
+        for schedule in changed:
+            key = SCHEDULE.format(schedule.id)
+            ops += [Op("DEL", key), _hset(key, schedule_to_hash(schedule))]
+        ids = sorted(s.id for s in changed)
+        ops.append(_publish_schedules(ids))
+        self._execute(ops)
+        return ids
+
 
 @attrs.frozen
 class ModuleInputs:

@@ -139,6 +139,24 @@ class RunWorld:
         client.publish("cluster/event/acl-changed", "cluster/acls")
         if node == "1":
             self.make_module_dir(mid)
+        if self.gateway is not None:
+            self.wait_known(mid)
+
+    def wait_known(self, mid: str) -> None:
+        """Until the gateway authenticates the module (its ACL event was applied)."""
+        import requests
+
+        from tests.gateway_fixture import wait_for
+
+        assert self.gateway is not None
+        app = mid.rstrip("0123456789")
+        url = f"{self.gateway.url}/{self.destination}/{app}/{module_uuid(mid)}/config"
+        auth = (f"module/{mid}", module_password(mid))
+        wait_for(
+            lambda: requests.get(url, auth=auth, timeout=5).status_code != 401,
+            timeout=30,
+            what=f"the gateway to know module/{mid}",
+        )
 
     def make_module_dir(self, mid: str) -> Path:
         root = self.modules_dir / mid

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from nsbackup import __version__
-from nsbackup.cli import backup, destination, gateway, info, module, schedule
+from nsbackup.cli import backup, destination, gateway, info, module, restore, schedule
 from nsbackup.cli.base import Command, Context, Parser, UsageError
 from nsbackup.errors import NsbackupError, ValidationFailed
 
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.register(group("gateway", "the per-node backup gateway"), command)
     module.register(group("module", "what runs in a module's context"), command)
     schedule.register(group("schedule", "systemd timers of the schedules"), command)
+    restore.register(group("restore", "restores and restore grants"), command)
     schedule.register_scheduler(groups, command)
     return parser
 

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from nsbackup.cli.base import Context
+from nsbackup.cli.base import Context, add_data
 
 
 def backup(ctx: Context) -> int:
@@ -28,6 +28,24 @@ def backup(ctx: Context) -> int:
     return 0 if code == 0 else 3 if code == 3 else 1
 
 
+def restore(ctx: Context) -> int:
+    progress = None
+    if ctx.args.progress:
+
+        def progress(message: dict[str, Any]) -> None:
+            print("nsbackup-progress " + json.dumps(message), file=sys.stderr, flush=True)
+
+    result = ctx.cluster.module.restore(
+        ctx.data(), target=ctx.args.target, wait=ctx.args.wait, progress=progress
+    )
+    ctx.emit(
+        result,
+        f"{result['module_id']}: {result['restored_files']} file(s) restored into "
+        f"{result['target']}",
+    )
+    return 0
+
+
 def register(group: Any, command: Any) -> None:
     p = command(
         group,
@@ -46,6 +64,33 @@ def register(group: Any, command: Any) -> None:
         default=3600.0,
         metavar="SECONDS",
         help="wait at most this long for another backup of this module (default 3600)",
+    )
+    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="report restic's progress on stderr as 'nsbackup-progress <json>' lines",
+    )
+    p = command(
+        group,
+        "restore",
+        restore,
+        "restore a snapshot into this module with its own credentials (NS8's restore-module)",
+    )
+    add_data(p)
+    p.add_argument("--module", metavar="MODULE_ID", help="the module (default $MODULE_ID)")
+    p.add_argument(
+        "--module-dir", metavar="DIR", help="the module's directory (default: the working one)"
+    )
+    p.add_argument(
+        "--target", metavar="DIR", help="restore there instead of the module's directory"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="wait at most this long for a backup of this module (default 3600)",
     )
     p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
     p.add_argument(

@@ -10,6 +10,7 @@ backs up, and reports restic's summary. Retention and stats are the node's job.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -118,6 +119,192 @@ class ModuleService:
                 f"another backup of module {module_id} is running{holder}; still locked after "
                 f"{wait:g} s"
             ) from None
+
+    def restore(
+        self,
+        payload: Any,
+        *,
+        target: str | None = None,
+        wait: float = 3600.0,
+        progress: Progress | None = None,
+        timeout: float = 24 * 3600.0,
+    ) -> dict[str, Any]:
+        """Restore ``{"repository","path","snapshot"}`` into this module's directory (or
+        ``target``) with the module's own credentials: its own repository, or one a grant lets
+        it read. ``state/environment`` and ``state/agent.env`` (the module's identity and
+        credentials) are never overwritten. The last restic message is kept in
+        ``state/restic_restore.json``."""
+        from nsbackup.dr.restore import RestoreRequest
+
+        request = RestoreRequest.parse(payload, with_module=False)
+        module_id = self._module_id()
+        module_dir = Path(self.settings.module_dir or os.getcwd()).resolve()
+        state_dir = module_dir / "state"
+        if not state_dir.is_dir():
+            raise ValidationFailed.one(
+                "module_dir", str(module_dir), "not_found", f"{module_dir} has no state/ directory"
+            )
+        destination = Path(target).resolve() if target else module_dir
+        password = self.store.restic_password(request.repository)
+        if password is None:
+            raise NsbackupError(
+                f"destination {request.repository} has no Restic password (or {self.store.user} "
+                "may not read it)"
+            )
+        repository_path = f"{request.repository}/{request.path}"
+        kwargs = self.store.writer.connection_pool.connection_kwargs
+        gateway_password = str(kwargs.get("password") or "")
+        try:
+            with file_lock(state_dir / LOCK_NAME, wait=wait):
+                self._wait_for_access(repository_path, gateway_password)
+                return self._restore_locked(
+                    module_id,
+                    state_dir,
+                    destination,
+                    request,
+                    repository_path,
+                    gateway_password,
+                    password.reveal(),
+                    progress,
+                    timeout,
+                )
+        except LockTimeout as exc:
+            holder = f" (pid {exc.holder})" if exc.holder else ""
+            raise Busy(
+                f"module {module_id} is being backed up{holder}; still locked after {wait:g} s"
+            ) from None
+
+    def _wait_for_access(self, repository_path: str, password: str, timeout: float = 10.0) -> None:
+        """A grant reaches the gateway within moments of its event: wait for it, bounded.
+        Raise :class:`PermissionDenied` when the module still may not read the repository,
+        :class:`NotFound` when there is none."""
+        import requests
+
+        from nsbackup.errors import NotFound, PermissionDenied
+        from nsbackup.model import FieldError
+
+        url = f"{self.settings.gateway_url.rstrip('/')}/{repository_path}/config"
+        headers = {"Accept": "application/vnd.x.restic.rest.v2"}
+        deadline = time.monotonic() + timeout
+        status = 0
+        while True:
+            try:
+                status = requests.head(
+                    url, auth=(self.store.user, password), headers=headers, timeout=(3, 10)
+                ).status_code
+            except requests.RequestException as exc:
+                raise NsbackupError(
+                    f"the gateway {self.settings.gateway_url} does not answer: {type(exc).__name__}"
+                ) from None
+            if status == 200:
+                return
+            if status == 404:
+                raise NotFound(
+                    [
+                        FieldError(
+                            "path",
+                            "path",
+                            repository_path,
+                            "backup_repository_not_found",
+                            f"there is no repository at {repository_path}",
+                        )
+                    ]
+                )
+            if time.monotonic() >= deadline:
+                raise PermissionDenied(
+                    f"permission denied: {self.store.user} may not read {repository_path} "
+                    f"(gateway status {status}); a restore from another module needs a grant"
+                )
+            time.sleep(0.1)
+
+    def _restore_locked(
+        self,
+        module_id: str,
+        state_dir: Path,
+        destination: Path,
+        request: Any,
+        repository_path: str,
+        gateway_password: str,
+        restic_password: str,
+        progress: Progress | None,
+        timeout: float,
+    ) -> dict[str, Any]:
+        from nsbackup.errors import NotFound
+        from nsbackup.model import FieldError
+        from nsbackup.restic import run_restic
+
+        binary = restic_binary()
+        version = restic_version(binary)
+        env = restic_env(
+            repository_path=repository_path,
+            user=self.store.user,
+            password=gateway_password,
+            restic_password=restic_password,
+            gateway_url=self.settings.gateway_url,
+            cache_dir=str(state_dir.parent / ".cache" / "restic"),
+            binary=binary,
+        )
+        args = ["restore", request.snapshot, "--target", str(destination)]
+        for kept in ("state/environment", "state/agent.env", f"state/{LOCK_NAME}"):
+            args += ["--exclude", kept]
+        if version >= (0, 17, 0):
+            args += ["--exclude-xattr", "security.*"]
+        json_progress = version >= (0, 16, 0)
+        if json_progress:
+            args.append("--json")
+        last: dict[str, Any] = {}
+
+        def on_message(message: dict[str, Any]) -> None:
+            last.clear()
+            last.update(message)
+            if message.get("message_type") == "status" and progress is not None:
+                progress(message)
+
+        started = time.time()
+        completed = run_restic(
+            args,
+            env,
+            binary=binary,
+            timeout=timeout,
+            progress=on_message if json_progress else None,
+        )
+        if completed.returncode != 0:
+            reason = restic_reason(completed.stderr)
+            if (
+                "no matching ID found" in completed.stderr
+                or "no snapshot found" in completed.stderr
+            ):
+                raise NotFound(
+                    [
+                        FieldError(
+                            "snapshot",
+                            "snapshot",
+                            request.snapshot,
+                            "backup_snapshot_not_found",
+                            f"snapshot {request.snapshot} not found in {repository_path}",
+                        )
+                    ]
+                )
+            kind = classify_failure(completed.returncode, completed.stderr, version)
+            raise NsbackupError(
+                f"restic restore failed: {explain_failure(kind, completed.returncode)}: {reason}"
+            )
+        summary = last if last.get("message_type") == "summary" else {}
+        _write_private(
+            state_dir / "restic_restore.json", json.dumps(summary or {"exit_code": 0}).encode()
+        )
+        return {
+            "module_id": module_id,
+            "repository": request.repository,
+            "path": request.path,
+            "snapshot": request.snapshot,
+            "target": str(destination),
+            "exit_code": 0,
+            "restored_files": _int(summary.get("files_restored")),
+            "restored_bytes": _int(summary.get("bytes_restored")),
+            "start": int(started),
+            "end": int(time.time()),
+        }
 
     def _backup_locked(
         self,
