@@ -135,6 +135,7 @@ class GatewayClient:
 
 
 def _entries(body: bytes, prefix: str) -> Iterator[Entry]:
+    from datetime import UTC
     from email.utils import parsedate_to_datetime
 
     try:
@@ -155,7 +156,10 @@ def _entries(body: bytes, prefix: str) -> Iterator[Entry]:
         modified = None
         if modified_text:
             try:
-                modified = parsedate_to_datetime(modified_text).timestamp()
+                when = parsedate_to_datetime(modified_text)
+                if when.tzinfo is None:  # "-0000": a time in UTC without a zone
+                    when = when.replace(tzinfo=UTC)
+                modified = when.timestamp()
             except (TypeError, ValueError):
                 modified = None
         try:

@@ -20,6 +20,7 @@ from nsbackup import hookimpl
 from nsbackup.errors import NsbackupError, PermissionDenied, ValidationFailed
 from nsbackup.plugins import ModuleRunner, RunnerResult, RunnerSettings
 from nsbackup.rclone import clean_env
+from nsbackup.runs import children
 
 STDERR_KEPT = 16 * 1024
 _MODULE_ID = "[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
@@ -83,6 +84,7 @@ def stream(
     except OSError as exc:
         raise NsbackupError(f"cannot start {command[0]}: {exc.strerror}") from None
     assert proc.stdout is not None and proc.stderr is not None
+    children.track(proc)  # a run stopped by a signal stops its module sides too
     kept: list[str] = []
     out: list[str] = []
 
@@ -106,6 +108,8 @@ def stream(
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+    finally:
+        children.untrack(proc)
     reader.join(timeout=30)
     return RunnerResult(proc.returncode, "".join(out), "".join(kept))
 

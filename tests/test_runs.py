@@ -7,6 +7,7 @@ from __future__ import annotations
 import filecmp
 import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -433,3 +434,40 @@ def test_a_module_cannot_run_the_node_side(world: RunWorld) -> None:
     assert code == 5 and out["error"] == "permission_denied", err
     assert "module/nosy1" in err and time.monotonic() - started < 10
     assert status_of(world, bid) == {}
+
+
+def test_a_stopped_run_stops_its_module_sides(world: RunWorld) -> None:
+    """SIGTERM to ``backup run``: the module side and its restic end too, the run exits 130
+    and the module's status says it failed."""
+    import signal
+
+    add_modules(world, "slow1")
+    bid = world.add_schedule(["slow1"])
+    # a module side that cannot finish on its own: its dump hook hangs
+    hook = world.modules_dir / "slow1" / "bin" / "module-dump-state"
+    hook.parent.mkdir()
+    hook.write_text("#!/bin/sh\nexec sleep 300\n")
+    hook.chmod(0o755)
+    run = world.popen("--json", "backup", "run", str(bid))
+    try:
+        deadline = time.monotonic() + 60
+        sleepers: list[int] = []
+        while not sleepers:
+            assert time.monotonic() < deadline, "the module side never started its hook"
+            found = subprocess.run(
+                ["pgrep", "-f", "exec sleep 300|^sleep 300"], capture_output=True, text=True
+            ).stdout.split()
+            sleepers = [int(p) for p in found]
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(60) == 130
+    finally:
+        if run.poll() is None:
+            run.kill()
+        hook.unlink()
+    for pid in sleepers:
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        ), "the module side's hook outlived the run"
+    assert status_of(world, bid)["slow1"]["errors"] >= 1

@@ -75,8 +75,9 @@ def run_text(report: dict[str, Any]) -> str:
 
 def run(ctx: Context) -> int:
     from nsbackup.cli.progress import progress_display
+    from nsbackup.cli.signals import stop_children_on_signals
 
-    with progress_display(ctx) as progress:
+    with stop_children_on_signals(), progress_display(ctx) as progress:
         report = ctx.cluster.runs.run(
             ctx.args.id, jobs=ctx.args.jobs, wait=ctx.args.wait, progress=progress
         )

@@ -30,7 +30,10 @@ def revoke(ctx: Context) -> int:
 
 
 def run(ctx: Context) -> int:
-    result = ctx.cluster.restore.run(ctx.data(), wait=ctx.args.wait)
+    from nsbackup.cli.signals import stop_children_on_signals
+
+    with stop_children_on_signals():
+        result = ctx.cluster.restore.run(ctx.data(), wait=ctx.args.wait)
     relinked = result["relinked_backups"]
     ctx.emit(
         result,
