@@ -18,7 +18,16 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from nsbackup import __version__
-from nsbackup.cli import backup, destination, gateway, info, module, restore, schedule
+from nsbackup.cli import (
+    backup,
+    destination,
+    gateway,
+    info,
+    module,
+    quickstart,
+    restore,
+    schedule,
+)
 from nsbackup.cli.base import Command, Context, Parser, UsageError
 from nsbackup.errors import NsbackupError, ValidationFailed
 
@@ -86,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.register(group("schedule", "systemd timers of the schedules"), command)
     restore.register(group("restore", "restores and restore grants"), command)
     schedule.register_scheduler(groups, command)
+    quickstart.register(groups, command)
     return parser
 
 
