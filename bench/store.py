@@ -98,18 +98,19 @@ def main() -> None:
             store = Store(server.client())
             service = ScheduleService(store)
             rows[label] = {
-                "snapshot": measure(store, store.load),
+                "snapshot (gateway)": measure(store, lambda s=store: s.load(details=False)),
+                "snapshot (details)": measure(store, store.load),
                 "snapshot+status": measure(store, lambda s=store: s.load(statuses=True)),
                 "backup list": measure(store, service.list),
             }
     print(
-        f"{'operation':<18} {'small: trips':>12} {'time':>9} {'large: trips':>13} "
+        f"{'operation':<20} {'small: trips':>12} {'time':>9} {'large: trips':>13} "
         f"{'time':>9} {'time ratio':>10}"
     )
     for op in rows["small"]:
         (st, stime), (lt, ltime) = rows["small"][op], rows["large"][op]
         print(
-            f"{op:<18} {st:>12} {stime * 1000:>7.1f}ms {lt:>13} {ltime * 1000:>7.1f}ms "
+            f"{op:<20} {st:>12} {stime * 1000:>7.1f}ms {lt:>13} {ltime * 1000:>7.1f}ms "
             f"{ltime / stime:>9.1f}x"
         )
     print(

@@ -254,7 +254,7 @@ class DestinationService:
     ) -> list[NodeValidation]:
         """Probe ``prepared`` from the nodes that use it; raise :class:`ValidationFailed` with
         NS8's reason when none succeeds."""
-        state = state or self.store.load()
+        state = state or self.store.load(details=False)
         nodes, basepath = self._validation_plan(prepared, state)
         results = self.host.pm.hook.nsbackup_validate_destination(
             prepared=prepared, node_ids=nodes, basepath=basepath
@@ -342,7 +342,7 @@ class DestinationService:
     def remove(self, uid: str) -> DestinationRemoved:
         """Remove a destination, its secrets, the schedules that use it and their status keys
         (the data on the destination stays)."""
-        state = self.store.load()
+        state = self.store.load(details=False)
         if uid not in state.destinations:
             raise _not_found(uid)
         schedules = sorted(b.id for b in state.schedules.values() if b.repository == uid)
@@ -352,7 +352,7 @@ class DestinationService:
     def list(self, *, show_secrets: bool = False) -> DestinationList:
         """NS8's list-backup-repositories output; secrets only with ``show_secrets`` and a
         reader allowed to see them."""
-        state = self.store.load()
+        state = self.store.load(details=False)
         if show_secrets and not state.privileged:
             raise PermissionDenied(
                 f"permission denied: Redis user {self.store.reader_user!r} may not read "

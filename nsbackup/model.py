@@ -279,8 +279,9 @@ class Module:
     uuid: str
     node: str
     ui_name: str = ""
-    image_url: str = ""
+    """Loaded with ``details`` (listings); ``""`` otherwise."""
     flags: frozenset[str] = frozenset()
+    """Loaded with ``details`` for modules no schedule names (``no_data_backup``)."""
 
     @property
     def app(self) -> str:

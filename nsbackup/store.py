@@ -307,10 +307,16 @@ class Store:
             self._execute(ops)
 
     # -- the snapshot ---------------------------------------------------------------------
-    def load(self, *, statuses: bool = False) -> ClusterState:
-        """Everything in two pipelined round trips. Secrets are left out (``None``) unless the
+    def load(self, *, statuses: bool = False, details: bool = True) -> ClusterState:
+        """The cluster in two pipelined round trips (three with ``details``, when some module
+        is in no schedule), whatever its size. Secrets are left out (``None``) unless the
         reader may see ``private/nodes/*``; a reader that may see no private key at all finds
-        the destinations with SCAN."""
+        the destinations with SCAN.
+
+        ``details`` adds what only listings show: each module's ``ui_name`` (one ``MGET``)
+        and the ``flags`` of the modules no schedule names (NS8's ``no_data_backup`` hides them
+        from ``unconfigured_instances``). The gateway and destination changes do without.
+        """
         pipe = self.reader.pipeline(transaction=False)
         pipe.hgetall(RCLONE_CONF)
         pipe.hgetall(RESTIC_PASSWORD)
@@ -364,10 +370,8 @@ class Store:
             pipe.hgetall(SCHEDULE.format(bid))
         for node in node_ids:
             pipe.hget(NODE_VPN.format(node), "ip_address")
-        for mid in module_ids:
-            pipe.hget(MODULE_ENV.format(mid), "IMAGE_URL")
-            pipe.get(MODULE_UI_NAME.format(mid))
-            pipe.smembers(MODULE_FLAGS.format(mid))
+        if details and module_ids:
+            pipe.mget([MODULE_UI_NAME.format(mid) for mid in module_ids])
         if statuses:
             for node in node_ids:
                 for bid in schedule_ids:
@@ -398,18 +402,10 @@ class Store:
             if raw:
                 schedules[bid] = schedule_from_hash(bid, raw)
         nodes = {node: Node(node, _str(next(results))) for node in node_ids}
-        modules: dict[str, Module] = {}
-        for mid in module_ids:
-            image_url, ui_name, flags = next(results), next(results), next(results)
-            uuid = module_uuid.get(mid, "")
-            modules[mid] = Module(
-                id=mid,
-                uuid=uuid,
-                node=module_node[mid],
-                ui_name=_str(ui_name),
-                image_url=_str(image_url),
-                flags=frozenset(flags) if isinstance(flags, set) else frozenset(),
-            )
+        ui_names = next(results) if details and module_ids else []
+        if not isinstance(ui_names, list):  # refused: shown without names
+            ui_names = []
+        names = dict(zip(module_ids, ui_names, strict=False))
         status_map: dict[tuple[str, int], Mapping[str, Any]] = {}
         if statuses:
             for node in node_ids:
@@ -417,6 +413,26 @@ class Store:
                     raw = _dict(next(results))
                     if raw:
                         status_map[(node, bid)] = {m: _json(v) for m, v in raw.items()}
+        flags: dict[str, frozenset[str]] = {}
+        if details:
+            configured = {mid for s in schedules.values() for mid in s.instances}
+            unconfigured = [mid for mid in module_ids if mid not in configured]
+            if unconfigured:
+                pipe = self.reader.pipeline(transaction=False)
+                for mid in unconfigured:
+                    pipe.smembers(MODULE_FLAGS.format(mid))
+                for mid, value in zip(unconfigured, self._run(pipe), strict=True):
+                    flags[mid] = frozenset(value) if isinstance(value, set) else frozenset()
+        modules = {
+            mid: Module(
+                id=mid,
+                uuid=module_uuid.get(mid, ""),
+                node=module_node[mid],
+                ui_name=_str(names.get(mid)),
+                flags=flags.get(mid, frozenset()),
+            )
+            for mid in module_ids
+        }
         return ClusterState(
             destinations=destinations,
             schedules=schedules,

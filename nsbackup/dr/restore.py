@@ -109,7 +109,7 @@ class RestoreService:
     # -- grants ---------------------------------------------------------------------------
     def grants(self) -> dict[str, Any]:
         """Every grant: ``{"grants": [{"module_uuid","source_uuid","module_id"}]}``."""
-        state = self.cluster.store.load()
+        state = self.cluster.store.load(details=False)
         by_uuid = {m.uuid: m.id for m in state.modules.values() if m.uuid}
         return {
             "grants": [
@@ -136,7 +136,7 @@ class RestoreService:
         if errors:
             raise ValidationFailed(errors)
         module_uuid, source_uuid = payload["module_uuid"], payload["source_uuid"]
-        state = self.cluster.store.load()
+        state = self.cluster.store.load(details=False)
         if module_uuid not in {m.uuid for m in state.modules.values()}:
             raise NotFound(
                 [
@@ -195,7 +195,7 @@ class RestoreService:
             raise ValidationFailed.one(
                 "node", None, "required", "the local node id is required (--node or NODE_ID)"
             )
-        state = self.cluster.store.load()
+        state = self.cluster.store.load(details=False)
         module = self._module(state, request, node)
         runs = self.cluster.runs
         chosen = runs.runner(runner)
@@ -282,7 +282,7 @@ class RestoreService:
                 f"restore of {module.id} failed: "
                 + str(message or outcome.stderr.strip()[-300:] or f"exit {outcome.returncode}")
             )
-        relinked = store.relink_schedules(store.load(), module.id, module.uuid)
+        relinked = store.relink_schedules(store.load(details=False), module.id, module.uuid)
         return {
             **side,
             "module_id": module.id,

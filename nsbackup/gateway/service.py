@@ -50,7 +50,7 @@ class GatewayService:
         settings = GatewaySettings(
             Path(out_dir).resolve(), listen=listen, repo_dir=repo_dir or self.repo_dir
         )
-        state = self.store.load()
+        state = self.store.load(details=False)
         context, problems = build_context(state, self.host, node, settings)
         changed = write_files(settings.state_dir, render_files(self.host, context))
         return {

@@ -94,7 +94,7 @@ class RunService:
         """Tell every metric sink which schedules are enabled (``purge``), so that it drops
         what it keeps for removed or disabled ones (NS8's ``20purge_backup_prom``). Return
         the enabled ids."""
-        state = state or self.store.load()
+        state = state or self.store.load(details=False)
         enabled = sorted(bid for bid, s in state.schedules.items() if s.enabled)
         for sink in self.sinks():
             purge = getattr(sink, "purge", None)
