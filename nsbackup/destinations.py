@@ -86,11 +86,8 @@ def prepare(
     owner = host.owner("provider", provider.name)
     try:
         validated = provider.validate(request, previous)
-        uid = (
-            previous.id
-            if previous is not None
-            else destination_uuid(provider.name, provider.identity(validated))
-        )
+        location = destination_uuid(provider.name, provider.identity(validated))
+        uid = previous.id if previous is not None else location
         section = dict(provider.rclone_section(validated))
         basepath = provider.basepath(validated)
         public_basepath = provider.public_basepath(validated)
@@ -145,6 +142,7 @@ def prepare(
         section=section,
         rclone_conf=text,
         hosted_at=hosted_at,
+        location=location,
     )
 
 
@@ -289,6 +287,10 @@ class DestinationService:
                 f"the data is hosted by node {', '.join(nodes)}; validate "
                 "there (or install a validation plugin that fans out)",
             )
+        if basepath is not None:
+            problem = _hosting_problem(prepared, basepath)
+            if problem:
+                return NodeValidation(local, False, "backup_repository_not_accessible", problem)
         result = probe(prepared, basepath)
         return NodeValidation(local, result.ok, result.reason, result.detail)
 
@@ -332,6 +334,22 @@ class DestinationService:
         assert request.id is not None
         stored = self._stored(request.id)
         prepared = prepare(self.host, request, stored)
+        before = prepare(self.host, _request_of(stored, self.host), stored)
+        if prepared.location != before.location:
+            # A new location under the old UUID would orphan the old location's repositories
+            # and let it be added again with a second Restic password (ref §14.22).
+            raise ValidationFailed(
+                [
+                    FieldError(
+                        "url",
+                        "url",
+                        prepared.url,
+                        "backup_location_immutable",
+                        "the location of a destination cannot change (url, bucket, host, base "
+                        "path, account); add a new destination for the new location",
+                    )
+                ]
+            )
         changed = _changes(stored, prepared)
         if changed:
             self.store.alter_destination(prepared, dry_run=True)
@@ -385,6 +403,36 @@ class DestinationService:
         if dest is None or dest.rclone_conf is None:
             raise _not_found(uid)
         return stored_destination(uid, dest.public(), dest.rclone_conf)
+
+
+def _hosting_problem(prepared: PreparedDestination, repo_dir: str) -> str:
+    """Why this node cannot host ``prepared`` (``""`` when it can). Validation has no side
+    effect: the repository directory must exist already (it is never created here), and the
+    gateway the URL names must answer (other nodes reach the data through it)."""
+    import requests
+
+    if not os.path.isdir(repo_dir):
+        return (
+            f"the repository directory {repo_dir} does not exist on this node "
+            "(create it, or give the right one with --repo-dir / NSBACKUP_REPO_DIR)"
+        )
+    address = prepared.url.split(":", 1)[1] if ":" in prepared.url else prepared.url
+    try:
+        requests.get(address.rstrip("/") + "/", timeout=(3, 5))
+    except requests.RequestException as exc:
+        return f"no gateway answers at {address}: {type(exc).__name__}"
+    return ""
+
+
+def _request_of(stored: StoredDestination, host: PluginHost) -> DestinationRequest:
+    """The request that describes a stored destination as it is (its own values)."""
+    provider = host.provider(stored.provider)
+    return DestinationRequest(
+        provider=stored.provider,
+        url=stored.url,
+        name=stored.name,
+        parameters=provider.parameters_from_section(stored.section, hide_secrets=False),
+    )
 
 
 def _changes(stored: StoredDestination, prepared: PreparedDestination) -> list[str]:

@@ -222,6 +222,9 @@ class PreparedDestination:
     rclone_conf: str = attrs.field(repr=False)  # holds secrets
     hosted_at: str | None = None
     """Address of the node that hosts the data (``cluster`` provider), else None."""
+    location: str = ""
+    """The UUID the destination's location (its non-secret identity) gives; equal to ``id``
+    for a destination added by nsbackup, while ``id`` never changes."""
 
     def public(self) -> dict[str, str]:
         """The public hash ``cluster/backup_repository/<id>`` (no secrets)."""

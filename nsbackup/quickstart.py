@@ -352,8 +352,11 @@ def _demonstrate(world: _World, step: Callable[[str], Any]) -> None:
     )
     admin = Cluster(world.client("cluster"), node_id="1", settings=settings)
     node = Cluster(world.client("node/1"), node_id="1", settings=settings)
-    with step("a local-disk destination, validated with rclone") as said:
+    with step("the node's gateway (HAProxy + rclone)") as said:
         (base / "repo").mkdir(mode=0o700)
+        world.start_gateway()
+        said.append(f"listening on {world.gateway_url}")
+    with step("a local-disk destination, validated with rclone") as said:
         added = admin.destinations.add(
             {
                 "provider": "cluster",
@@ -364,12 +367,12 @@ def _demonstrate(world: _World, step: Callable[[str], Any]) -> None:
             }
         )
         world.destination = added["id"]
-        said.append(f"destination {added['id']} on {base / 'repo'}")
-    with step("the node's gateway (HAProxy + rclone)") as said:
-        world.start_gateway()
         probe = f"/{world.destination}/_probe_rest_404"
         world.wait_http(lambda status: status == 404, probe, "the destination")
-        said.append(f"listening on {world.gateway_url}; its health check answers 404")
+        said.append(
+            f"destination {added['id']} on {base / 'repo'}, served by the gateway "
+            "(its health check answers 404)"
+        )
     with step("two sample modules with their own credentials") as said:
         world.make_modules()
         said.append(", ".join(MODULES) + " in " + str(base / "modules"))

@@ -175,12 +175,12 @@ def test_alter_keeps_secret_uuid_and_password(
         {
             "id": uid,
             "provider": "webdav",
-            "url": f"webdav:{dav.url.rstrip('/')}/moved",
+            "name": "Renamed",
             "parameters": {"webdav_user": dav.user, "webdav_pass": ""},
         }
     )
     public = cluster.hgetall(f"cluster/backup_repository/{uid}")
-    assert public["url"].endswith("/moved") and public["name"] == "Mine"
+    assert public["url"] == dav_payload(dav)["url"] and public["name"] == "Renamed"
     assert (
         cluster.hget("private/agents/backup_destination/restic_password", uid) == added["password"]
     )
@@ -193,6 +193,30 @@ def test_alter_keeps_secret_uuid_and_password(
     with pytest.raises(ValidationFailed) as info:
         svc.alter({"id": uid, "provider": "smb", "parameters": {}})
     assert info.value.errors[0].error == "backup_provider_mismatch"
+    # the location never changes under a UUID: the old location's repositories would be
+    # orphaned and it could be added again with a second Restic password (issue 13)
+    before = all_keys(cluster)
+    for moved, error in (
+        ({"url": f"webdav:{dav.url.rstrip('/')}/moved"}, "backup_location_immutable"),
+        ({"url": "webdav:http://127.0.0.9:1/bk"}, "backup_location_immutable"),
+        # other credentials for the same location: allowed, and validated like an add
+        ({"parameters": {"webdav_user": "someone-else", "webdav_pass": ""}}, "no_read_permission"),
+    ):
+        with pytest.raises(ValidationFailed) as info:
+            svc.alter(
+                {
+                    "id": uid,
+                    "provider": "webdav",
+                    "url": dav_payload(dav)["url"],
+                    "parameters": {"webdav_user": dav.user, "webdav_pass": ""},
+                    **moved,
+                }
+            )
+        assert info.value.errors[0].error == error
+    assert all_keys(cluster) == before
+    with pytest.raises(ValidationFailed) as info:  # and the location is still taken
+        svc.add(dav_payload(dav))
+    assert info.value.errors[0].error == "backup_repository_exists"
     with pytest.raises(ValidationFailed) as info:
         svc.alter({"id": "nope", "provider": "webdav"})
     assert info.value.errors[0].error == "backup_repository_not_found"
@@ -264,21 +288,44 @@ def test_list_hides_secrets_unless_node_privileged(
 def test_cluster_destination_is_validated_on_its_node(
     cluster: redis.Redis, redis_db: RedisServer, host: PluginHost, tmp_path: Path
 ) -> None:
+    import http.server
+    import threading
+
+    from tests.servers import free_port
+
+    port = free_port("127.0.0.2")
+    cluster.hset("node/1/vpn", "ip_address", "127.0.0.2")
     payload = {
         "provider": "cluster",
         "name": "Local",
-        "url": "webdav:http://10.5.4.1:4694",
+        "url": f"webdav:http://127.0.0.2:{port}",
         "parameters": {},
     }
-    svc = DestinationService(
-        store_for(redis_db), host, node_id="1", repo_dir=str(tmp_path / "repo")
-    )
-    uid = svc.add(payload)["id"]
-    assert (tmp_path / "repo").is_dir()
+    repo = tmp_path / "repo"
+    svc = DestinationService(store_for(redis_db), host, node_id="1", repo_dir=str(repo))
+    # validation has no side effect: a missing repository directory is not created
+    with pytest.raises(ValidationFailed) as info:
+        svc.validate(payload)
+    assert "does not exist on this node" in info.value.errors[0].message
+    assert not repo.exists()
+    repo.mkdir()
+    # and the gateway the URL names must answer: nothing listens there yet
+    with pytest.raises(ValidationFailed) as info:
+        svc.validate(payload)
+    assert "no gateway answers" in info.value.errors[0].message
+    server = http.server.HTTPServer(("127.0.0.2", port), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        uid = svc.add(payload)["id"]
+    finally:
+        server.shutdown()
+        server.server_close()
     assert (
         cluster.hget("private/nodes/backup_destination/rclone_conf", uid)
         == f"[{uid}]\ntype = local\n"
     )
+    assert list(repo.iterdir()) == []  # the probe cleaned up after itself
     elsewhere = DestinationService(store_for(redis_db, "node/2"), host, node_id="2")
     with pytest.raises(ValidationFailed) as info:
         elsewhere.validate({**payload, "url": "webdav:http://10.5.4.12:4694"})

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nsbackup.errors import ValidationFailed
+from nsbackup.errors import NotFound, ValidationFailed
 from nsbackup.gateway.context import PORT, GatewaySettings
+from nsbackup.model import ClusterState, FieldError
 from nsbackup.plugins import PluginHost
 from nsbackup.results import GatewayRendered
 from nsbackup.store import Store
@@ -34,6 +35,32 @@ class GatewayService:
             )
         return self.node_id
 
+    @staticmethod
+    def _check_cluster(state: ClusterState, node: str) -> None:
+        """A node the cluster does not know, or a cluster without its network, would give a
+        gateway for nobody (``CLUSTER_NETWORK=0.0.0.0/32``): refuse, naming what is missing."""
+        if node not in state.nodes:
+            known = ", ".join(state.nodes) or "none (is this the cluster's Redis?)"
+            raise NotFound(
+                [
+                    FieldError(
+                        "node",
+                        "node",
+                        node,
+                        "node_not_found",
+                        f"node {node} is not in the cluster (cluster/module_node, "
+                        f"cluster/environment); known nodes: {known}",
+                    )
+                ]
+            )
+        if not state.network:
+            raise ValidationFailed.one(
+                "network",
+                None,
+                "network_not_set",
+                "cluster/network is not set: the gateway would trust no cluster address",
+            )
+
     def render(
         self,
         out_dir: str | Path,
@@ -51,6 +78,7 @@ class GatewayService:
             Path(out_dir).resolve(), listen=listen, repo_dir=repo_dir or self.repo_dir
         )
         state = self.store.load(details=False)
+        self._check_cluster(state, node)
         context, problems = build_context(state, self.host, node, settings)
         changed = write_files(settings.state_dir, render_files(self.host, context))
         return {
