@@ -55,8 +55,11 @@ from nsbackup.store import EVENT_ACL_CHANGED, EVENT_DESTINATION_CHANGED, Store
 log = logging.getLogger(__name__)
 
 MAP_FILES = ("auth.map", "modrepo.map")
+# rclone's combine names the upstream it could not use: one that fails to start, or one whose
+# root is a file ("can't combine files yet, only directories "<uuid>:<path>": is a file ...").
 _UPSTREAM_FAILURE = re.compile(
-    r"failed to create upstream\D*?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+    r"(?:failed to create upstream|can't combine files yet)"
+    r"\D*?([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 )
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
