@@ -40,6 +40,7 @@ DEFAULT_REPO_DIR = "/var/lib/nsbackup/repo"
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:4694"
 DEFAULT_STATE_DIR = "/var/lib/nsbackup"
 DEFAULT_METRICS_DIR = "/var/lib/nethserver/node/state/node_exporter"
+DEFAULT_DUMP_PASSPHRASE_FILE = "/var/lib/nethserver/cluster/state/backup/passphrase"
 
 
 def check_url(url: str) -> None:
@@ -91,6 +92,10 @@ class Settings:
                                   ``module/<id>`` of ``REDIS_USER``)
     ``NSBACKUP_MODULE_DIR``       the module's directory (``state/``, ``etc/``); default the
                                   working directory
+    ``NSBACKUP_DUMP_PASSPHRASE_FILE``
+                                  the cluster dump passphrase the leader encrypts with before
+                                  each run; default NS8's
+                                  ``/var/lib/nethserver/cluster/state/backup/passphrase``
     ============================  =============================================================
     """
 
@@ -107,6 +112,7 @@ class Settings:
     modules_dir: str | None = None
     module_id: str | None = None
     module_dir: str | None = None
+    dump_passphrase_file: str = DEFAULT_DUMP_PASSPHRASE_FILE
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -127,6 +133,8 @@ class Settings:
             modules_dir=env.get("NSBACKUP_MODULES_DIR") or None,
             module_id=env.get("MODULE_ID") or None,
             module_dir=env.get("NSBACKUP_MODULE_DIR") or None,
+            dump_passphrase_file=env.get("NSBACKUP_DUMP_PASSPHRASE_FILE")
+            or DEFAULT_DUMP_PASSPHRASE_FILE,
         )
 
 

@@ -253,3 +253,47 @@ class RepositoryItem(TypedDict):
     is_generated_locally: bool | None
     """True for an installed module's repository or metadata naming this cluster; False
     for metadata of another cluster; ``None`` without readable metadata."""
+
+
+class SkippedBackup(TypedDict):
+    id: int
+    reason: str
+
+
+class DumpExported(TypedDict):
+    """``dump.export``: the encrypted cluster dump written (nsbackup's own shape)."""
+
+    path: str
+    version: int
+    """The dump format: 4."""
+    digest: str
+    """sha256 of the gzip'd plaintext: equal for an unchanged cluster, while the encrypted
+    file differs every time."""
+    destinations: list[str]
+    backups: list[int]
+    skipped_destinations: list[SkippedDestination]
+    """Destinations left out because a secret or their public hash is missing."""
+    skipped_backups: list[SkippedBackup]
+    """Schedules left out because their destination is not in the dump."""
+
+
+class DumpImported(TypedDict):
+    """``dump.import_``: NS8's import-backup-destinations output plus what nsbackup adds."""
+
+    imported_destinations: int
+    skipped_destinations: int
+    version: int
+    """nsbackup: the dump's format (3 or 4)."""
+    imported: list[str]
+    """nsbackup: the ids imported."""
+    skipped: list[SkippedDestination]
+    """nsbackup: the ids skipped, each with the reason."""
+
+
+class DumpRestored(TypedDict):
+    """``dump.restore``: the backup part of NS8's restore-cluster."""
+
+    version: int
+    restored_destinations: list[str]
+    restored_backups: list[int]
+    backup_sequence: int

@@ -601,6 +601,124 @@ class Store:
             )
         return schedule_from_hash(bid, raw)
 
+    # -- the cluster dump (ref §8.1, §8.2, §8.4) ------------------------------------------
+    def destination_inventory(self) -> dict[str, set[str]]:
+        """Which destination ids have a public hash (``public``), an rclone configuration
+        (``rclone_conf``) and a Restic password (``restic_password``): what the dump export
+        needs to name destinations it must leave out. One pipeline plus a SCAN."""
+        pipe = self.reader.pipeline(transaction=False)
+        pipe.hkeys(RCLONE_CONF)
+        pipe.hkeys(RESTIC_PASSWORD)
+        confs, passwords = self._run(pipe)
+        for item in (confs, passwords):
+            if isinstance(item, Exception):
+                raise self._refused(item)
+        return {
+            "public": set(self._scan_destination_ids()),
+            "rclone_conf": set(confs),
+            "restic_password": set(passwords),
+        }
+
+    def existing_destinations(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` that exist on the leader (public hash or rclone configuration)."""
+        wanted = sorted(set(ids))
+        if not wanted:
+            return set()
+        pipe = self.writer.pipeline(transaction=False)
+        for uid in wanted:
+            pipe.exists(DESTINATION.format(uid))
+            pipe.hexists(RCLONE_CONF, uid)
+        replies = self._run(pipe, self.user)
+        for item in replies:
+            if isinstance(item, Exception):
+                raise self._refused(item)
+        return {
+            uid
+            for uid, public, conf in zip(wanted, replies[::2], replies[1::2], strict=True)
+            if public or conf
+        }
+
+    @staticmethod
+    def _restored_destination_ops(destinations: Sequence[Destination]) -> list[Op]:
+        ops: list[Op] = []
+        for dest in destinations:
+            if dest.rclone_conf is None or dest.restic_password is None:
+                raise ValueError(f"destination {dest.id} has no secrets to write")
+            key = DESTINATION.format(dest.id)
+            ops += [
+                Op("HSET", RCLONE_CONF, (dest.id, dest.rclone_conf)),
+                Op("HSET", RESTIC_PASSWORD, (dest.id, dest.restic_password.reveal())),
+                Op("DEL", key),
+                _hset(key, dest.public()),
+            ]
+        return ops
+
+    def import_destinations(self, destinations: Sequence[Destination]) -> None:
+        """Add ``destinations`` (none of which exists) with their secrets and one
+        ``backup-destination-changed`` event, in one transaction. A destination created
+        meanwhile by another client raises :class:`Conflict` and nothing is written."""
+        if not destinations:
+            return
+        ids = [d.id for d in destinations]
+        ops = self._restored_destination_ops(destinations)
+        ops.append(_publish_destinations(ids))
+        watched = [DESTINATION.format(uid) for uid in ids] + [RCLONE_CONF]
+
+        def guard(pipe: Any) -> None:
+            with redis_errors(self.user):
+                for uid in ids:
+                    if pipe.exists(DESTINATION.format(uid)) or pipe.hexists(RCLONE_CONF, uid):
+                        raise destination_exists_error(uid)
+
+        self._execute(
+            ops,
+            watch=watched,
+            guard=guard,
+            conflict=lambda: NsbackupError(
+                "destinations changed while the dump was imported; nothing was written, "
+                "run the import again"
+            ),
+        )
+
+    def restore_backups(
+        self, destinations: Sequence[Destination], schedules: Mapping[int, Mapping[str, str]]
+    ) -> int:
+        """Write ``destinations`` (public hash including ``basepath``, rclone configuration,
+        Restic password) and the ``schedules`` hashes as they are, replacing keys of the same
+        ids; raise ``backup_sequence`` to the highest schedule id (never lower it); publish
+        ``backup-destination-changed`` and ``backup-schedule-changed``. One transaction;
+        return the sequence."""
+        current = self._call(lambda: self.writer.get(SEQUENCE), self.user)
+        sequence = max([_int(current), *schedules])
+        ops = self._restored_destination_ops(destinations)
+        for bid in sorted(schedules):
+            key = SCHEDULE.format(bid)
+            ops += [Op("DEL", key), _hset(key, schedules[bid])]
+        if schedules and sequence != _int(current):
+            ops.append(Op("SET", SEQUENCE, (str(sequence),)))
+        if destinations:
+            ops.append(_publish_destinations([d.id for d in destinations]))
+        if schedules:
+            ops.append(_publish_schedules(sorted(schedules)))
+        if not ops:
+            return _int(current)
+
+        def guard(pipe: Any) -> None:
+            with redis_errors(self.user):
+                if pipe.get(SEQUENCE) != current:
+                    raise NsbackupError("backup_sequence changed during the restore")
+
+        self._execute(
+            ops,
+            watch=(SEQUENCE,),
+            guard=guard,
+            conflict=lambda: NsbackupError(
+                "schedules changed while the dump was restored; nothing was written, "
+                "run the restore again"
+            ),
+        )
+        return sequence
+
     # -- runs -----------------------------------------------------------------------------
     def module_backup_inputs(self, bid: int, module_id: str) -> ModuleInputs:
         """What the module side of a backup reads, in one round trip (as the module)."""

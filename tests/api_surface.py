@@ -29,6 +29,8 @@ EXTRA_ROOTS = [
     "nsbackup.runs.timers.TimerService",
     "nsbackup.runs.timers.SystemdUnavailable",
     "nsbackup.runs.scheduler.Scheduler",
+    "nsbackup.dr.dump.DumpService",
+    "nsbackup.dr.dump.read_passphrase",
     "nsbackup.runs.node.RunService",
     "nsbackup.runs.module.ModuleService",
     "nsbackup.runs.report",

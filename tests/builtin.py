@@ -15,6 +15,7 @@ BUILTIN_PLUGINS = {
     "gateway",
     "runners",
     "prometheus",
+    "cluster_dump",
 }
 BUILTIN_PROVIDERS = {
     "aws",

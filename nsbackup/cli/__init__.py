@@ -21,6 +21,7 @@ from nsbackup import __version__
 from nsbackup.cli import (
     backup,
     destination,
+    dump,
     gateway,
     info,
     module,
@@ -94,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     module.register(group("module", "what runs in a module's context"), command)
     schedule.register(group("schedule", "systemd timers of the schedules"), command)
     restore.register(group("restore", "restores and restore grants"), command)
+    dump.register(group("dump", "the encrypted cluster dump (disaster recovery)"), command)
     schedule.register_scheduler(groups, command)
     quickstart.register(groups, command)
     return parser

@@ -4,11 +4,14 @@ its destination through the gateway with the node's credentials."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from nsbackup.model import ClusterState, Schedule
+
+if TYPE_CHECKING:
+    from nsbackup.api import Settings
 
 
 @attrs.frozen
@@ -17,7 +20,8 @@ class RunContext:
 
     ``leader`` says whether this node is the cluster's leader (NS8 uploads the cluster dump
     from there). :meth:`upload` writes ``/<destination>/<name>`` through the gateway;
-    :meth:`note` adds a JSON value to the run report's ``notes``.
+    :meth:`note` adds a JSON value to the run report's ``notes``. ``settings`` are the
+    node's :class:`~nsbackup.api.Settings` (state directory, dump passphrase file, ...).
     """
 
     schedule: Schedule
@@ -27,6 +31,7 @@ class RunContext:
     gateway_url: str
     _upload: Callable[[str, bytes, str], None] = attrs.field(repr=False, alias="upload")
     _notes: dict[str, Any] = attrs.field(factory=dict, repr=False, alias="notes")
+    settings: Settings | None = attrs.field(default=None, repr=False)
 
     @property
     def destination(self) -> str:

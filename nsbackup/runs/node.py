@@ -359,6 +359,7 @@ class RunService:
             gateway_url=self.settings.gateway_url,
             upload=upload,
             notes=notes,
+            settings=self.settings,
         )
         for impl in impls:
             try:
