@@ -297,3 +297,109 @@ class DumpRestored(TypedDict):
     restored_destinations: list[str]
     restored_backups: list[int]
     backup_sequence: int
+
+
+class MigratedModuleUuid(TypedDict):
+    """A ``cluster/module_uuid`` entry the migration filled in."""
+
+    module_id: str
+    uuid: str
+    source: str
+    """``environment`` (the module's ``MODULE_UUID``) or ``generated`` (a random UUID: the
+    environment had none, or not a UUID)."""
+
+
+class MigratedAclUser(TypedDict):
+    """A node or module Redis user whose rules or ``cluster/acls`` entry were rewritten."""
+
+    user: str
+    enabled: bool
+    """The user's on/off state, kept as it was (so are its password hashes)."""
+    rules: bool
+    """Its live rules were replaced by nsbackup's (``ACL SETUSER``)."""
+    entry: bool
+    """Its ``cluster/acls`` entry was rewritten."""
+
+
+class MigratedDestination(TypedDict):
+    """A destination moved to the current layout; its UUID never changes."""
+
+    id: str
+    action: str
+    """``converted`` (rclone configuration generated from the legacy fields) or ``cleaned``
+    (already converted, but legacy fields were left in its public hash)."""
+    provider: str
+    name: str
+    url: str
+    legacy_url: str
+    """The URL as it was (Restic's colon form becomes the provider's ``/`` form)."""
+    basepath: str
+    """Where repositories live inside the remote."""
+    removed_fields: list[str]
+    """Names (never values) of the fields removed from the public hash."""
+
+
+class UnconvertedDestination(TypedDict):
+    """A legacy destination the migration could not convert; it is left as it was."""
+
+    id: str
+    provider: str
+    url: str
+    reason: str
+
+
+class MigratedSchedule(TypedDict):
+    """A schedule whose ``instances`` changed (legacy membership sets, removed modules)."""
+
+    id: int
+    instances: list[str]
+    added: list[str]
+    removed: list[str]
+
+
+class MigratedStatus(TypedDict):
+    """A legacy status ``module/<id>/backup_status/<backup id>`` (deleted in every case)."""
+
+    module_id: str
+    backup_id: int
+    node_id: str
+    """The node whose ``node/<n>/backup_status/<backup id>`` received it (``""`` if none)."""
+    action: str
+    """``copied``; ``kept_newer`` (the node already had a status of that module);
+    ``dropped`` (the module or the schedule no longer exists)."""
+
+
+class PrunedStatus(TypedDict):
+    """Fields of removed modules deleted from one ``node/<n>/backup_status/<backup id>``."""
+
+    node_id: str
+    backup_id: int
+    module_ids: list[str]
+
+
+class MigrationEvent(TypedDict):
+    channel: str
+    payload: str
+    """As published: JSON text, or ``cluster/acls`` for ``acl-changed``."""
+
+
+class MigrationReport(TypedDict):
+    """``cluster.migrate()`` (``nsbackup migrate --json``): every change, never a secret."""
+
+    dry_run: bool
+    """Nothing was written or published: the report says what would change."""
+    changed: bool
+    """Whether anything changed (with ``dry_run``: would change)."""
+    module_uuids: list[MigratedModuleUuid]
+    acl_users: list[MigratedAclUser]
+    destinations: list[MigratedDestination]
+    unconverted_destinations: list[UnconvertedDestination]
+    schedules: list[MigratedSchedule]
+    legacy_sets: list[str]
+    """Deleted ``module/<id>/backups`` keys."""
+    statuses: list[MigratedStatus]
+    pruned_modules: list[str]
+    """Removed modules deleted from ``cluster/module_uuid``."""
+    pruned_statuses: list[PrunedStatus]
+    events: list[MigrationEvent]
+    warnings: list[str]

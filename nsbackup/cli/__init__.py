@@ -37,6 +37,7 @@ log = logging.getLogger("nsbackup")
 
 def build_parser() -> argparse.ArgumentParser:
     from nsbackup.api import Settings
+    from nsbackup.cli import migrate
 
     settings = Settings.from_env()
     parser = Parser(prog="nsbackup", description="Backup plumbing for NS8-style clusters.")
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     dump.register(group("dump", "the encrypted cluster dump (disaster recovery)"), command)
     schedule.register_scheduler(groups, command)
     quickstart.register(groups, command)
+    migrate.register(groups, command)
     return parser
 
 
