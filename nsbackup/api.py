@@ -250,7 +250,11 @@ class Cluster:
         from nsbackup.destinations import DestinationService
 
         return DestinationService(
-            self.store, self.host, node_id=self.node_id, repo_dir=self.repo_dir
+            self.store,
+            self.host,
+            node_id=self.node_id,
+            repo_dir=self.repo_dir,
+            passphrase_file=self.settings.dump_passphrase_file,
         )
 
     @cached_property

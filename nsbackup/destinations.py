@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nsbackup import ini
-from nsbackup.api import DEFAULT_REPO_DIR
+from nsbackup.api import DEFAULT_DUMP_PASSPHRASE_FILE, DEFAULT_REPO_DIR
 from nsbackup.errors import NotFound, NsbackupError, PermissionDenied, PluginError, ValidationFailed
 from nsbackup.model import (
     ClusterState,
@@ -39,8 +39,6 @@ from nsbackup.results import (
 )
 from nsbackup.secret import REDACTED, Secret, redacting_filter
 from nsbackup.store import Store, destination_exists_error
-
-DEFAULT_PASSPHRASE_FILE = "/var/lib/nethserver/cluster/state/backup/passphrase"
 
 
 def destination_uuid(provider: str, identity: Mapping[str, str]) -> str:
@@ -214,7 +212,7 @@ class DestinationService:
         *,
         node_id: str | None = None,
         repo_dir: str = DEFAULT_REPO_DIR,
-        passphrase_file: str = DEFAULT_PASSPHRASE_FILE,
+        passphrase_file: str = DEFAULT_DUMP_PASSPHRASE_FILE,
     ) -> None:
         self.store = store
         self.host = host

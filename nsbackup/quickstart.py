@@ -349,7 +349,9 @@ def _demonstrate(world: _World, step: Callable[[str], Any]) -> None:
         metrics_dir=str(base / "metrics"),
         runner="local",
         modules_dir=str(base / "modules"),
+        dump_passphrase_file=str(base / "dump-passphrase"),
     )
+    _write_private(base / "dump-passphrase", secrets.token_urlsafe(24) + "\n")
     admin = Cluster(world.client("cluster"), node_id="1", settings=settings)
     node = Cluster(world.client("node/1"), node_id="1", settings=settings)
     with step("the node's gateway (HAProxy + rclone)") as said:
@@ -448,6 +450,20 @@ def _demonstrate(world: _World, step: Callable[[str], Any]) -> None:
         if restored != original:
             raise QuickstartFailed("the restored file differs from its original")
         said.append(f"{one}'s data/database.bin deleted, restored: sha256 {restored[:16]}… equal")
+    with step("the encrypted cluster dump the leader uploaded") as said:
+        note = report["notes"].get("cluster_dump", {})
+        uploaded = requests.get(
+            f"{world.gateway_url}/{world.destination}/"
+            f"cluster-backup-{admin.store.load(details=False).cluster_uuid}.json.gz.gpg",
+            auth=("node/1", world.passwords["node/1"]),
+            timeout=10,
+        )
+        if uploaded.status_code != 200 or uploaded.content[:1] not in (b"\x8c", b"\xc3"):
+            raise QuickstartFailed(f"no encrypted dump on the destination: {note}")
+        said.append(
+            f"{len(uploaded.content)} bytes of OpenPGP (symmetric) beside the repositories; "
+            f"a module gets {requests.get(uploaded.url, auth=auth, timeout=10).status_code} on it"
+        )
     with step("the metrics file node_exporter reads") as said:
         prom = base / "metrics" / f"backup{backup_id}.prom"
         try:

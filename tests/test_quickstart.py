@@ -27,7 +27,7 @@ def test_quickstart_runs_every_check_and_cleans_up(tmp_path: Path) -> None:
     result = json.loads(done.stdout)
     assert result["ok"] is True and result["directory"] is None
     names = [step["name"] for step in result["steps"]]
-    assert len(names) == 12 and all(step["ok"] for step in result["steps"])
+    assert len(names) == 13 and all(step["ok"] for step in result["steps"])
     details = " ".join(step["detail"] for step in result["steps"])
     assert "GET nextcloud1's config: 403" in details
     assert "DELETE snapshots/" in details and ": 403; still there: 200" in details

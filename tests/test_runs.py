@@ -7,7 +7,6 @@ from __future__ import annotations
 import filecmp
 import json
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -452,15 +451,13 @@ def test_a_stopped_run_stops_its_module_sides(world: RunWorld) -> None:
     try:
         deadline = time.monotonic() + 60
         sleepers: list[int] = []
-        while not sleepers:
+        while not sleepers:  # the hook of this run's module side (not another test's sleep)
             assert time.monotonic() < deadline, "the module side never started its hook"
-            found = subprocess.run(
-                ["pgrep", "-f", "exec sleep 300|^sleep 300"], capture_output=True, text=True
-            ).stdout.split()
-            sleepers = [int(p) for p in found]
+            sleepers = [pid for pid in _descendants(run.pid) if _comm(pid) == "sleep"]
             time.sleep(0.05)
         run.send_signal(signal.SIGTERM)
-        assert run.wait(60) == 130
+        out, err = run.communicate(timeout=60)
+        assert run.returncode == 130, err
     finally:
         if run.poll() is None:
             run.kill()
@@ -470,4 +467,32 @@ def test_a_stopped_run_stops_its_module_sides(world: RunWorld) -> None:
             not Path(f"/proc/{pid}").exists()
             or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
         ), "the module side's hook outlived the run"
-    assert status_of(world, bid)["slow1"]["errors"] >= 1
+    status = status_of(world, bid)
+    assert "slow1" in status, err
+    assert status["slow1"]["errors"] >= 1
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(root: int) -> list[int]:
+    """Every process below ``root`` (whatever session it started)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found

@@ -13,6 +13,7 @@ retention, the status in Redis (with its event) and the metadata file on the des
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -763,11 +764,26 @@ def _pipeline(work: _ModuleWork, modules: Sequence[Module], jobs: int) -> list[M
                 except BaseException as exc:
                     done.set_exception(exc)
                     return
-                following = finishers.submit(work.finish, pending)
+                try:
+                    following = finishers.submit(work.finish, pending)
+                except RuntimeError:  # the run is being stopped: finish here, lock and status
+                    try:
+                        done.set_result(work.finish(pending))
+                    except BaseException as exc:
+                        done.set_exception(exc)
+                    return
                 following.add_done_callback(lambda f: _copy(f, done))
 
             backups.submit(work.backup, module).add_done_callback(chain)
-        return [f.result() for f in finished]
+        try:
+            return [f.result() for f in finished]
+        except BaseException:
+            # Stopped (a signal): the children are ending; let every module record its
+            # failure and give its lock back before leaving.
+            for future in finished:
+                with contextlib.suppress(BaseException):
+                    future.exception()
+            raise
 
 
 def _copy(source: Future[ModuleResult], target: Future[ModuleResult]) -> None:
