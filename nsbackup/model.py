@@ -9,10 +9,25 @@ from typing import Any
 import attrs
 
 from nsbackup.errors import ValidationFailed
-from nsbackup.secret import REDACTED, Secret
+from nsbackup.secret import REDACTED, Secret, is_secret_key
 
 # C0 controls (CR, LF, NUL, TAB, ...) and DEL never reach a file: one rule for every string.
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+# How much of a refused value an error repeats: enough to recognise it, never a pasted megabyte.
+SHOWN_VALUE = 200
+SHOWN_MESSAGE = 2000
+
+
+def _cut(value: Any, limit: int = SHOWN_VALUE) -> Any:
+    if isinstance(value, str) and len(value) > limit:
+        return value[: limit - 1] + "…"
+    return value
+
+
+def _cut_message(value: str) -> str:
+    text: str = _cut(value, SHOWN_MESSAGE)
+    return text
 
 
 @attrs.frozen
@@ -23,11 +38,12 @@ class FieldError:
     field is secret (``"***"``).
     """
 
-    field: str
-    parameter: str
-    value: Any
+    field: str = attrs.field(converter=_cut)
+    parameter: str = attrs.field(converter=_cut)
+    value: Any = attrs.field(converter=_cut)
+    """Strings longer than ``SHOWN_VALUE`` characters are cut (and end with ``…``)."""
     error: str
-    message: str = ""
+    message: str = attrs.field(default="", converter=_cut_message)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +98,12 @@ class Parameter:
 
 _REQUEST_KEYS = {"provider", "name", "url", "password", "parameters", "id"}
 
+# Bounds of the request's free-text fields (a provider bounds each of its parameters with
+# ``Parameter.max_length``).
+MAX_LENGTH = {"provider": 64, "url": 2048, "name": 256, "password": 1024, "id": 64}
+MAX_PARAMETERS = 64
+MAX_PARAMETER_NAME = 64
+
 
 @attrs.frozen
 class DestinationRequest:
@@ -99,7 +121,10 @@ class DestinationRequest:
 
     @classmethod
     def from_payload(cls, payload: Any, *, alter: bool = False) -> DestinationRequest:
-        """Parse a JSON payload; raise :class:`ValidationFailed` naming every bad field."""
+        """Parse a JSON payload; raise :class:`ValidationFailed` naming every bad field.
+
+        Every field is a string (``null`` = not given) of at most ``MAX_LENGTH`` characters
+        without control characters; ``parameters`` is an object of strings (or ``null``)."""
         if not isinstance(payload, Mapping):
             raise ValidationFailed(
                 [FieldError("", "", None, "type", "the request must be a JSON object")]
@@ -113,7 +138,7 @@ class DestinationRequest:
                         str(key),
                         None,
                         "additionalProperties",
-                        f"unknown field {key!r}; expected {sorted(_REQUEST_KEYS)}",
+                        f"unknown field {str(key)[:64]!r}; expected {sorted(_REQUEST_KEYS)}",
                     )
                 )
 
@@ -123,23 +148,11 @@ class DestinationRequest:
                 if required:
                     errors.append(field_error(key, key, None, "required", f"{key} is required"))
                 return None
-            if not isinstance(value, str):
-                errors.append(
-                    field_error(key, key, value, "type", f"{key} must be a string", secret=secret)
-                )
+            problem = check_text(key, value, MAX_LENGTH[key])
+            if problem:
+                errors.append(field_error(key, key, value, *problem, secret=secret))
                 return None
-            if CONTROL_CHARS.search(value):
-                errors.append(
-                    field_error(
-                        key,
-                        key,
-                        value,
-                        "pattern",
-                        f"{key} must not contain control characters (CR, LF, NUL, TAB, ...)",
-                        secret=secret,
-                    )
-                )
-                return None
+            assert isinstance(value, str)
             return value
 
         provider = text("provider", required=True)
@@ -147,16 +160,6 @@ class DestinationRequest:
             errors.append(field_error("provider", "provider", "", "minLength", "provider is empty"))
         url = text("url", required=False)
         name = text("name", required=False)
-        if name is not None and len(name) > 256:
-            errors.append(
-                field_error(
-                    "name",
-                    "name",
-                    name[:20] + "...",
-                    "maxLength",
-                    "name is longer than 256 characters",
-                )
-            )
         password = text("password", required=False, secret=True)
         ident = text("id", required=alter)
         parameters = payload.get("parameters", {})
@@ -169,6 +172,40 @@ class DestinationRequest:
                 )
             )
             parameters = {}
+        elif len(parameters) > MAX_PARAMETERS:
+            errors.append(
+                field_error(
+                    "parameters",
+                    "parameters",
+                    None,
+                    "maxProperties",
+                    f"parameters has more than {MAX_PARAMETERS} entries",
+                )
+            )
+            parameters = {}
+        for pname, pvalue in parameters.items():
+            if len(pname) > MAX_PARAMETER_NAME or CONTROL_CHARS.search(pname):
+                errors.append(
+                    field_error(
+                        "parameters",
+                        pname,
+                        None,
+                        "propertyNames",
+                        f"a parameter name has at most {MAX_PARAMETER_NAME} characters and no "
+                        "control characters",
+                    )
+                )
+            elif pvalue is not None and (isinstance(pvalue, bool) or not isinstance(pvalue, str)):
+                errors.append(
+                    field_error(
+                        "parameters",
+                        pname,
+                        pvalue,
+                        "type",
+                        f"{pname} must be a string",
+                        secret=is_secret_key(pname),
+                    )
+                )
         if errors:
             raise ValidationFailed(errors)
         return cls(
@@ -179,6 +216,19 @@ class DestinationRequest:
             parameters=dict(parameters),
             id=ident,
         )
+
+
+def check_text(name: str, value: Any, max_length: int) -> tuple[str, str] | None:
+    """``(error, message)`` when ``value`` is not a string of at most ``max_length``
+    characters without control characters; ``None`` when it is. The one rule for the
+    free-text fields of every request (bools and numbers are refused alike)."""
+    if not isinstance(value, str):
+        return "type", f"{name} must be a string"
+    if len(value) > max_length:
+        return "maxLength", f"{name} is longer than {max_length} characters"
+    if CONTROL_CHARS.search(value):
+        return "pattern", f"{name} must not contain control characters (CR, LF, NUL, TAB, ...)"
+    return None
 
 
 @attrs.frozen

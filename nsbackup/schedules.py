@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nsbackup.errors import NotFound, Unreachable, ValidationFailed
-from nsbackup.model import CONTROL_CHARS, ClusterState, FieldError, Schedule, field_error
+from nsbackup.model import ClusterState, FieldError, Schedule, check_text, field_error
 from nsbackup.results import (
     BackupInstance,
     BackupItem,
@@ -21,6 +22,21 @@ from nsbackup.results import (
 from nsbackup.store import Store
 
 MAX_SCHEDULE = 64
+MAX_NAME = 256
+MAX_MODULE_ID = 64
+MAX_INSTANCES = 1000
+MAX_RETENTION = 1_000_000
+MAX_HINT = 4096
+_FIELDS = {
+    "id",
+    "name",
+    "repository",
+    "schedule",
+    "schedule_hint",
+    "retention",
+    "instances",
+    "enabled",
+}
 
 
 def check_calendar(expression: str) -> bool:
@@ -50,146 +66,131 @@ class ScheduleService:
     def _parse(
         self, payload: Any, state: ClusterState, *, alter: bool, current: Schedule | None = None
     ) -> dict[str, Any]:
+        """Check an add/alter-backup payload against ``state``; raise :class:`ValidationFailed`
+        with one error per bad field. A field that is missing or of the wrong type gets that
+        one error, never a second one about its value."""
         if not isinstance(payload, Mapping):
             raise ValidationFailed(
                 [FieldError("", "", None, "type", "the request must be a JSON object")]
             )
         errors: list[FieldError] = []
-        known = {
-            "id",
-            "name",
-            "repository",
-            "schedule",
-            "schedule_hint",
-            "retention",
-            "instances",
-            "enabled",
-        }
+
+        def error(key: str, value: Any, code: str, message: str) -> None:
+            errors.append(field_error(key, key, value, code, message))
+
         for key in payload:
-            if key not in known:
-                errors.append(
-                    field_error(
-                        str(key), str(key), None, "additionalProperties", f"unknown field {key!r}"
-                    )
-                )
+            if key not in _FIELDS:
+                error(str(key), None, "additionalProperties", f"unknown field {str(key)[:64]!r}")
         required = ["name", "schedule", "retention", "instances", "enabled"]
         if not alter:
             required.append("repository")
         for key in required:
             if key not in payload:
-                errors.append(field_error(key, key, None, "required", f"{key} is required"))
+                error(key, None, "required", f"{key} is required")
         out: dict[str, Any] = {}
+
         name = payload.get("name", "")
-        if not isinstance(name, str) or CONTROL_CHARS.search(name) or len(name) > 256:
-            errors.append(
-                field_error(
-                    "name",
-                    "name",
-                    None,
-                    "pattern",
-                    "name must be a string of at most 256 characters without control characters",
-                )
-            )
+        problem = check_text("name", name, MAX_NAME)
+        if problem:
+            error("name", name, *problem)
         elif alter and "name" in payload and not name:
-            errors.append(field_error("name", "name", name, "minLength", "name is empty"))
-        out["name"] = name if isinstance(name, str) else ""
+            error("name", name, "minLength", "name is empty")
+        out["name"] = name if problem is None else ""
+
         if alter:
             assert current is not None
             repository = payload.get("repository", current.repository)
             if repository != current.repository:
-                errors.append(
-                    field_error(
-                        "repository",
-                        "repository",
-                        repository,
-                        "backup_repository_immutable",
-                        "the destination of a backup cannot be changed",
-                    )
+                error(
+                    "repository",
+                    repository,
+                    "backup_repository_immutable",
+                    "the destination of a backup cannot be changed",
                 )
         else:
             repository = payload.get("repository")
-            if not isinstance(repository, str) or repository not in state.destinations:
-                errors.append(
-                    field_error(
-                        "repository",
-                        "repository",
-                        repository,
-                        "backup_repository_not_found",
-                        f"destination {repository!r} not found",
-                    )
+            problem = None if repository is None else check_text("repository", repository, 64)
+            if problem:
+                error("repository", repository, *problem)
+            elif repository is not None and repository not in state.destinations:
+                error(
+                    "repository",
+                    repository,
+                    "backup_repository_not_found",
+                    f"destination {repository!r} not found",
                 )
         out["repository"] = repository
+
         schedule = payload.get("schedule")
-        if (
-            not isinstance(schedule, str)
-            or not 0 < len(schedule) <= MAX_SCHEDULE
-            or CONTROL_CHARS.search(schedule)
-            or not check_calendar(schedule)
-        ):
-            errors.append(
-                field_error(
-                    "schedule",
-                    "schedule",
-                    schedule,
+        if "schedule" in payload:
+            problem = check_text("schedule", schedule, MAX_SCHEDULE)
+            if problem is None and not schedule:
+                problem = ("minLength", "schedule is empty")
+            if problem is None and not check_calendar(str(schedule)):
+                problem = (
                     "bad_schedule_format",
-                    "schedule must be a systemd OnCalendar expression of "
-                    f"1 to {MAX_SCHEDULE} characters (systemd-analyze "
-                    "calendar)",
+                    "schedule must be a systemd OnCalendar expression (systemd-analyze "
+                    "calendar), e.g. daily or *-*-* 01:00:00",
                 )
-            )
+            if problem:
+                error("schedule", schedule, *problem)
         out["schedule"] = schedule
+
         retention = payload.get("retention")
-        if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
-            errors.append(
-                field_error(
-                    "retention",
+        if "retention" in payload:
+            if isinstance(retention, bool) or not isinstance(retention, int):
+                error("retention", retention, "type", "retention must be an integer")
+            elif not 1 <= retention <= MAX_RETENTION:
+                error(
                     "retention",
                     retention,
-                    "minimum",
-                    "retention must be an integer >= 1 (snapshots kept)",
+                    "minimum" if retention < 1 else "maximum",
+                    f"retention must be from 1 to {MAX_RETENTION} (snapshots kept)",
                 )
-            )
         out["retention"] = retention
+
         enabled = payload.get("enabled")
-        if not isinstance(enabled, bool):
-            errors.append(
-                field_error("enabled", "enabled", enabled, "type", "enabled must be true or false")
-            )
+        if "enabled" in payload and not isinstance(enabled, bool):
+            error("enabled", enabled, "type", "enabled must be true or false")
         out["enabled"] = enabled
+
         instances = payload.get("instances")
-        if not isinstance(instances, list) or not all(isinstance(i, str) and i for i in instances):
-            errors.append(
-                field_error(
+        out["instances"] = ()
+        if "instances" in payload:
+            if not isinstance(instances, list):
+                error("instances", instances, "type", "instances must be a list of module ids")
+            elif len(instances) > MAX_INSTANCES:
+                error(
                     "instances",
-                    "instances",
-                    instances,
-                    "type",
-                    "instances must be a list of module ids",
+                    None,
+                    "maxItems",
+                    f"instances has more than {MAX_INSTANCES} module ids",
                 )
-            )
-            instances = []
-        for mid in instances:
-            if mid not in state.modules:
-                errors.append(
-                    field_error(
-                        "instances",
-                        "instances",
-                        mid,
-                        "module_not_found",
-                        f"module {mid!r} not found",
-                    )
-                )
-        out["instances"] = tuple(dict.fromkeys(instances))
+            else:
+                seen: set[str] = set()
+                for mid in instances:
+                    problem = check_text("instances", mid, MAX_MODULE_ID)
+                    if problem is None and not mid:
+                        problem = ("minLength", "an instance is an empty string")
+                    if problem:
+                        error("instances", mid, *problem)
+                        continue
+                    if mid in seen:
+                        error("instances", mid, "uniqueItems", f"module {mid!r} is listed twice")
+                    elif mid not in state.modules:
+                        error("instances", mid, "module_not_found", f"module {mid!r} not found")
+                    seen.add(mid)
+                out["instances"] = tuple(instances)
+
         hint = payload.get("schedule_hint", current.schedule_hint if current else {})
         if not isinstance(hint, Mapping):
-            errors.append(
-                field_error(
-                    "schedule_hint",
-                    "schedule_hint",
-                    None,
-                    "type",
-                    "schedule_hint must be an object",
-                )
+            error("schedule_hint", hint, "type", "schedule_hint must be an object")
+        elif len(json.dumps(hint, ensure_ascii=False)) > MAX_HINT:
+            error(
+                "schedule_hint",
+                None,
+                "maxLength",
+                f"schedule_hint is longer than {MAX_HINT} characters as JSON",
             )
         out["schedule_hint"] = hint if isinstance(hint, Mapping) else {}
         if errors:

@@ -114,11 +114,16 @@ def test_validation_failure_exit_2_with_error_list(
 
 
 def test_bad_json_and_usage_errors() -> None:
-    code, out, _ = run("destination", "render", "--data", "{nope")
+    code, out, err = run("destination", "render", "--data", "{nope")
+    assert code == 2 and out == "" and err.count("error: ") == 1 and "not valid JSON" in err
+    code, out, _ = run("--json", "destination", "render", "--data", "{nope")
     assert code == 2 and json.loads(out)[0]["error"] == "invalid_json"
-    code, out, _ = run("destination", "render", "--data", "@/nonexistent/file.json")
+    code, out, _ = run("--json", "destination", "render", "--data", "@/nonexistent/file.json")
     assert code == 2 and json.loads(out)[0]["error"] == "unreadable_file"
     code, out, err = run("no-such-group")
+    assert code == 2 and out == ""
+    assert err.startswith("usage: nsbackup ") and "nsbackup: error: argument GROUP: invalid" in err
+    code, out, err = run("--json", "no-such-group")
     assert code == 2 and json.loads(out)[0]["error"] == "usage" and "invalid choice" in err
 
 
@@ -129,7 +134,7 @@ def test_rclone_obscure_reveal_commands() -> None:
     assert code == 0 and out == "secret\n"
     code, out, _ = run("--json", "rclone", "obscure", "-", stdin="from stdin\n")
     assert code == 0 and reveal(json.loads(out)["obscured"]) == "from stdin"
-    code, out, _ = run("rclone", "reveal", "not-obscured")
+    code, out, _ = run("--json", "rclone", "reveal", "not-obscured")
     assert code == 2 and json.loads(out)[0]["error"] == "invalid_obscured"
 
 

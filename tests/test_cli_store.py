@@ -96,7 +96,11 @@ def test_lifecycle_through_the_console_script(
     added = json.loads(result.stdout)
     assert set(added) == {"id", "password"} and CANARY not in result.stdout + result.stderr
     result = nsbackup(redis_db, "destination", "add", "--data", "-", stdin=json.dumps(request))
-    assert result.returncode == 2
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: request: destination {added['id']} exists already\n"
+    result = nsbackup(
+        redis_db, "--json", "destination", "add", "--data", "-", stdin=json.dumps(request)
+    )
     assert json.loads(result.stdout)[0]["error"] == "backup_repository_exists"
 
     result = nsbackup(redis_db, "destination", "list")
@@ -128,7 +132,12 @@ def test_lifecycle_through_the_console_script(
     bid = json.loads(result.stdout)
     assert bid == 1
     result = nsbackup(
-        redis_db, "backup", "alter", "--data", json.dumps({**schedule, "id": bid, "retention": 0})
+        redis_db,
+        "--json",
+        "backup",
+        "alter",
+        "--data",
+        json.dumps({**schedule, "id": bid, "retention": 0}),
     )
     assert result.returncode == 2
     assert json.loads(result.stdout)[0]["field"] == "retention"
@@ -140,7 +149,7 @@ def test_lifecycle_through_the_console_script(
     result = nsbackup(redis_db, "--json", "destination", "remove", added["id"])
     assert result.returncode == 0 and json.loads(result.stdout)["removed_backups"] == [bid]
     assert not cluster.exists(f"cluster/backup/{bid}")
-    result = nsbackup(redis_db, "backup", "remove", str(bid))
+    result = nsbackup(redis_db, "--json", "backup", "remove", str(bid))
     assert result.returncode == 2 and json.loads(result.stdout)[0]["error"] == "backup_not_found"
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -29,7 +30,7 @@ from nsbackup.cli import (
     restore,
     schedule,
 )
-from nsbackup.cli.base import Command, Context, Parser, UsageError
+from nsbackup.cli.base import Command, Context, Parser, UsageError, path_error, printable
 from nsbackup.errors import NsbackupError, ValidationFailed
 
 log = logging.getLogger("nsbackup")
@@ -103,17 +104,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(NsbackupError):
+    """SIGINT/SIGTERM ended the command (exit 130, like a shell)."""
+
+    exit_code = 130
+    code = "interrupted"
+
+
 def _report(ctx: Context, exc: NsbackupError) -> int:
-    """The one error boundary: a message on stderr, one JSON document with ``--json``."""
-    if isinstance(exc, ValidationFailed):
+    """The one error boundary: each message once on stderr; with ``--json`` also exactly one
+    JSON document on stdout (the error list for a validation error, ``{"error","message"}``
+    otherwise). In text mode stdout stays empty: the person reading sees each message once."""
+    if ctx.json:
         print(json.dumps(exc.to_json(), indent=2, ensure_ascii=False), file=ctx.out)
-        for e in exc.errors:
-            print(f"error: {e.describe()}", file=ctx.err)
-    else:
-        if ctx.json:
-            print(json.dumps(exc.to_json(), ensure_ascii=False), file=ctx.out)
-        print(f"error: {exc}", file=ctx.err)
+    lines = [e.describe() for e in exc.errors] if isinstance(exc, ValidationFailed) else [str(exc)]
+    for line in lines:
+        print(f"error: {printable(line)}", file=ctx.err)
     return exc.exit_code
+
+
+def _usage(exc: UsageError, json_mode: bool, out: TextIO, err: TextIO) -> int:
+    """argparse's own form on stderr (the usage line, then ``PROG: error: MESSAGE``); with
+    ``--json`` the error list on stdout as for any validation error."""
+    if json_mode:
+        error = ValidationFailed.one("", None, "usage", str(exc))
+        print(json.dumps(error.to_json(), indent=2, ensure_ascii=False), file=out)
+    prog, _, message = str(exc).partition(": ")
+    print(exc.usage.rstrip("\n"), file=err)
+    print(f"{prog}: error: {printable(message)}", file=err)
+    return 2
+
+
+def _path_option(args: argparse.Namespace, filename: str) -> tuple[str, str] | None:
+    """The command-line option whose path ``filename`` is, or lies under."""
+    target = os.path.abspath(filename)
+    for option, value in vars(args).items():
+        if option in ("data", "redis", "redis_leader") or not isinstance(value, str) or not value:
+            continue
+        given = os.path.abspath(value)
+        if target == given or target.startswith(given.rstrip("/") + "/"):
+            return option.replace("_", "-"), value
+    return None
+
+
+def _unexpected(args: argparse.Namespace, exc: Exception) -> NsbackupError:
+    """What a user is told about an exception no service turned into an NsbackupError: a file
+    system error names the option and the path (permission: exit 5; a file where a directory
+    belongs: 2); anything else is a bug and says so."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        path = os.fsdecode(exc.filename)
+        option, given = _path_option(args, path) or ("path", path)
+        same = os.path.abspath(given) == os.path.abspath(path)
+        return path_error(exc, option, given if same else f"{given} ({path})")
+    hint = "" if args.verbose else " (-v shows where)"
+    return NsbackupError(f"internal error: {type(exc).__name__}{hint}")
 
 
 def main(
@@ -121,6 +165,7 @@ def main(
 ) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
     handler = logging.StreamHandler(err)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root = logging.getLogger()
@@ -131,28 +176,25 @@ def main(
     try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
-        ctx = Context(argparse.Namespace(json="--json" in (argv or sys.argv[1:])), out, err)
-        return _report(ctx, ValidationFailed.one("", None, "usage", str(exc)))
+        return _usage(exc, "--json" in argv, out, err)
     root.setLevel(
         logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
     )
     ctx = Context(args, out, err)
+    failure: BaseException
     try:
         code: int = args.func(ctx)
         return code
     except NsbackupError as exc:
-        if args.verbose:
-            traceback.print_exc(file=err)
-        return _report(ctx, exc)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # a bug: say so plainly; the traceback only with -v
-        if args.verbose:
-            traceback.print_exc(file=err)
-        error = NsbackupError(
-            f"internal error: {type(exc).__name__}" + ("" if args.verbose else " (-v shows where)")
-        )
-        return _report(ctx, error)
+        error, failure = exc, exc
+    except KeyboardInterrupt as exc:
+        error, failure = Interrupted("stopped by SIGINT or SIGTERM"), exc
+    except Exception as exc:  # the boundary: a message, never a raw traceback
+        error, failure = _unexpected(args, exc), exc
+    code = _report(ctx, error)
+    if args.verbose and not isinstance(failure, KeyboardInterrupt):
+        traceback.print_exception(failure, file=err)
+    return code
 
 
 def entry() -> None:

@@ -9,18 +9,26 @@ place (:func:`nsbackup.cli.main`).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from nsbackup.errors import ValidationFailed
+from nsbackup.errors import NsbackupError, PermissionDenied, ValidationFailed
 
 if TYPE_CHECKING:
     from nsbackup.api import Cluster
 
 # A --data document deeper than this is refused before it can exhaust the stack.
 MAX_DEPTH = 64
+# A --data document longer than this is refused before it is parsed (every field has its own,
+# smaller bound: this one keeps `--data - < /dev/zero` from filling the memory).
+MAX_DATA = 4 * 1024 * 1024
+# One line of a message on stderr: longer ones are cut (values a user pasted can be huge).
+MAX_LINE = 1000
 
 # Command options that override a Settings field (nsbackup.api.Settings).
 SETTING_OPTIONS = {
@@ -34,12 +42,16 @@ SETTING_OPTIONS = {
 
 
 class UsageError(Exception):
-    pass
+    """A command line argparse refuses: ``usage`` is the parser's usage line(s)."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}", self.format_usage())
 
 
 Command = Callable[["Context"], int]
@@ -106,11 +118,11 @@ class Context:
 def read_data(spec: str, stdin: TextIO) -> Any:
     """``--data`` value: inline JSON, ``@FILE`` or ``-`` for standard input."""
     if spec == "-":
-        raw = stdin.read()
+        raw = stdin.read(MAX_DATA + 1)
     elif spec.startswith("@"):
         try:
             with open(spec[1:], encoding="utf-8") as handle:
-                raw = handle.read()
+                raw = handle.read(MAX_DATA + 1)
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
             raise ValidationFailed.one(
@@ -118,6 +130,10 @@ def read_data(spec: str, stdin: TextIO) -> Any:
             ) from None
     else:
         raw = spec
+    if len(raw) > MAX_DATA:
+        raise ValidationFailed.one(
+            "data", None, "maxLength", f"--data is longer than {MAX_DATA // (1024 * 1024)} MiB"
+        )
     try:
         value = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -154,4 +170,85 @@ def _depth(value: Any) -> int:
 
 
 def add_data(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="the request: JSON, @FILE or - (stdin)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        metavar="JSON",
+        help="the request: inline JSON, @FILE or - (standard input)",
+    )
+
+
+# -- what a human reads ---------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def printable(text: str, limit: int = MAX_LINE) -> str:
+    """``text`` as one terminal line: control characters escaped (``\\n``, ``\\x1b``), cut
+    after ``limit`` characters. Values users paste (and messages quoting them) can hold
+    anything."""
+    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str = "") -> str:
+    """Rows in columns as wide as their widest cell (the last one is not padded)."""
+    cells = [[printable(str(c), 200) for c in row] for row in [list(headers), *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
+        lines.append(indent + "  ".join(padded).rstrip())
+    return "\n".join(lines)
+
+
+# -- paths given on the command line ----------------------------------------------------------
+
+
+def path_error(exc: OSError, option: str, path: str) -> NsbackupError:
+    """The error for ``exc`` met while using ``--option path``: permission problems exit 5,
+    a path of the wrong kind (a file where a directory is needed, a missing parent) exits 2,
+    anything else (a full disk) 1."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(
+            f"permission denied: --{option} {path}: cannot write there ({reason})"
+        )
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason = f"not a directory ({reason})"
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG):
+        return ValidationFailed.one(
+            option.replace("-", "_"), path, "invalid_path", f"{path}: {reason}"
+        )
+    return NsbackupError(f"--{option} {path}: {reason}")
+
+
+def check_directory(option: str, path: str, kind: str = "existing") -> None:
+    """Check ``--option path`` before anything runs. ``kind``: ``existing`` (a directory that
+    exists), ``new`` (nothing there yet, in an existing directory) or ``any`` (either). A
+    directory that exists or would be created must be one this process may write in; the
+    check leaves nothing behind."""
+    import tempfile
+
+    field = option.replace("-", "_")
+
+    def refuse(why: str) -> ValidationFailed:
+        return ValidationFailed.one(field, path, "invalid_path", f"{path}: {why}")
+
+    if os.path.lexists(path):
+        if kind == "new":
+            raise refuse("exists already (give a new directory)")
+        if not os.path.isdir(path):
+            raise refuse("not a directory")
+        where = path
+    elif kind == "existing":
+        raise refuse("no such directory")
+    else:
+        where = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(where):
+            raise refuse(f"{where} is not an existing directory")
+    try:
+        with tempfile.TemporaryFile(dir=where):
+            pass
+    except OSError as exc:
+        raise path_error(exc, option, path) from None
