@@ -456,7 +456,7 @@ def test_a_stopped_run_stops_its_module_sides(world: RunWorld) -> None:
             sleepers = [pid for pid in _descendants(run.pid) if _comm(pid) == "sleep"]
             time.sleep(0.05)
         run.send_signal(signal.SIGTERM)
-        out, err = run.communicate(timeout=60)
+        _, err = run.communicate(timeout=60)
         assert run.returncode == 130, err
     finally:
         if run.poll() is None:
