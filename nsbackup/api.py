@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from nsbackup.dr.restore import RestoreService
     from nsbackup.gateway.service import GatewayService
     from nsbackup.plugins import PluginHost
-    from nsbackup.results import PluginsReport, ProviderInfo
+    from nsbackup.results import MigrationReport, PluginsReport, ProviderInfo
     from nsbackup.runs.module import ModuleService
     from nsbackup.runs.node import RunService
     from nsbackup.runs.scheduler import Scheduler
@@ -308,7 +308,7 @@ class Cluster:
 
         return DumpService(self)
 
-    def migrate(self, *, dry_run: bool = False) -> dict[str, Any]:
+    def migrate(self, *, dry_run: bool = False) -> MigrationReport:
         """Migrate NS8's legacy (pre-3.20) layout to the current one; idempotent."""
         from nsbackup.dr.migrate import migrate
 

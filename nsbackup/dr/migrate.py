@@ -54,7 +54,7 @@ import re
 import uuid as uuidlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import redis
@@ -104,10 +104,9 @@ _USER = re.compile(r"(node|module)/(.+)")
 _NO_ACL_FILE = "not configured to use an ACL file"
 
 
-def migrate(cluster: Cluster, *, dry_run: bool = False) -> dict[str, Any]:
+def migrate(cluster: Cluster, *, dry_run: bool = False) -> MigrationReport:
     """Migrate the legacy layout; return the :class:`~nsbackup.results.MigrationReport`."""
-    report = run(cluster.store, cluster.host, dry_run=dry_run)
-    return cast(dict[str, Any], report)
+    return run(cluster.store, cluster.host, dry_run=dry_run)
 
 
 def run(store: Store, host: PluginHost, *, dry_run: bool = False) -> MigrationReport:
