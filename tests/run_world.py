@@ -16,10 +16,12 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import redis
 
 from nsbackup import acl
@@ -276,3 +278,116 @@ class RunWorld:
     def stop(self) -> None:
         if self.gateway is not None:
             self.gateway.stop()
+
+    # -- processes (fault and load tests, benchmarks) ----------------------------------------
+    def gateway_processes(self) -> GatewayProcesses:
+        """The gateway's children now: its ``rclone rcd`` (the generation's process), the
+        HAProxy master and the master's workers (dead, unreaped ones left out)."""
+        assert self.gateway is not None and self.gateway.proc is not None
+        table = process_table()
+        below = [pid for pid, (ppid, _) in table.items() if ppid == self.gateway.proc.pid]
+        rclone = [pid for pid in below if "rcd" in cmdline(pid)]
+        masters = [pid for pid in below if table[pid][1] == "haproxy"]
+        workers = [pid for pid, (ppid, _) in table.items() if ppid in masters]
+        return GatewayProcesses(rclone, masters[0] if masters else None, workers)
+
+    def repository_dir(self, mid: str) -> Path:
+        """Where module ``mid``'s repository of the node's ``cluster`` destination lies."""
+        assert self.gateway is not None
+        return self.gateway.repo_dir / mid.rstrip("0123456789") / module_uuid(mid)
+
+    def wait_backing_up(self, run_pid: int, mid: str, timeout: float = 60) -> int:
+        """Until module ``mid``'s ``restic backup`` (a process below the run ``run_pid``) is
+        running and holds its lock in the repository: the backup is under way, talking to
+        the gateway. Return restic's pid."""
+        module_dir = str((self.modules_dir / mid).resolve())
+        locks = self.repository_dir(mid) / "locks"
+        deadline = time.monotonic() + timeout
+        while True:
+            for pid in descendants(run_pid):
+                args = cmdline(pid)
+                if args[:1] and args[0].endswith("restic") and "backup" in args:
+                    try:
+                        cwd = os.readlink(f"/proc/{pid}/cwd")
+                    except OSError:
+                        continue
+                    if cwd == module_dir and locks.is_dir() and any(locks.iterdir()):
+                        return pid
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no restic backup of {mid} under way after {timeout} s")
+            time.sleep(0.02)
+
+
+@attrs.frozen
+class GatewayProcesses:
+    rclone: list[int]
+    """``rclone rcd``: one per generation still running."""
+    haproxy_master: int | None
+    haproxy_workers: list[int]
+
+    @property
+    def all(self) -> list[int]:
+        master = [self.haproxy_master] if self.haproxy_master else []
+        return [*self.rclone, *master, *self.haproxy_workers]
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name) of every live process (zombies left out)."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] not in ("Z", "X"):
+            table[int(entry.name)] = (int(fields[1]), name)
+    return table
+
+
+def descendants(root: int) -> list[int]:
+    """Every live process below ``root`` (whatever session it started)."""
+    table = process_table()
+    found: list[int] = []
+    frontier = [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in table.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` now (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time the processes ``pids`` have used so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
