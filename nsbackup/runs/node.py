@@ -62,6 +62,9 @@ log = logging.getLogger(__name__)
 
 PROGRESS_PREFIX = "nsbackup-progress "
 RESTIC_TIMEOUT = 24 * 3600.0
+STATUS_RETRY = 60.0
+"""Seconds the end of a run keeps trying to write the statuses Redis refused during it (Redis
+restarting, a leader switch); ``NSBACKUP_STATUS_RETRY`` overrides it."""
 
 # progress(module_id, event, data): event is "start", "progress" (restic's status message),
 # or "end" (the ModuleResult as JSON).
@@ -248,7 +251,11 @@ class RunService:
         except LockTimeout as exc:
             holder = f" by pid {exc.holder}" if exc.holder else ""
             raise Busy(f"backup {backup_id} is already running on node {node}{holder}") from None
-        return self._publish(report).to_json()
+        published = self._publish(report).to_json()
+        if published["notes"].get("status_not_written"):
+            # What NS8 shows of the run is not in Redis: the run failed to reach a service.
+            published["exit_code"] = Unreachable.exit_code
+        return published
 
     def _run_locked(
         self,
@@ -308,8 +315,9 @@ class RunService:
             )
             results = _pipeline(work, local, jobs)
         modules = tuple(results)
-        if work.status_failures:
-            notes["status_not_written"] = work.status_failures
+        unwritten = work.write_unwritten(_status_retry())
+        if unwritten:
+            notes["status_not_written"] = unwritten
         return attrs.evolve(
             base, end=time.time(), outcome=outcome_of(modules), modules=modules, notes=notes
         )
@@ -504,7 +512,8 @@ class _ModuleWork:
     dav: GatewayClient | None = None
     progress: ProgressCallback | None = None
     down: str = ""
-    status_failures: list[str] = attrs.field(factory=list)
+    unwritten: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    """Statuses Redis refused (module id -> status): :meth:`write_unwritten` tries again."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock)
 
     def backup(self, module: Module) -> _Pending:
@@ -718,9 +727,9 @@ class _ModuleWork:
         try:
             self.service.store.write_module_status(self.node, self.schedule.id, module.id, status)
         except NsbackupError as exc:
-            log.warning("status of %s not written: %s", module.id, exc)
+            log.warning("status of %s not written (tried again at the end): %s", module.id, exc)
             with self._lock:
-                self.status_failures.append(module.id)
+                self.unwritten[module.id] = status
         metadata = {
             "module_id": module.id,
             "module_ui_name": module.ui_name,
@@ -742,6 +751,44 @@ class _ModuleWork:
             except NsbackupError as exc:
                 log.warning("metadata of %s not uploaded: %s", module.id, exc)
         return attrs.evolve(result, metadata_uploaded=uploaded)
+
+    def write_unwritten(self, patience: float) -> list[str]:
+        """Write the statuses Redis refused during the run, trying again for at most
+        ``patience`` seconds; return the modules whose status is still not written."""
+        deadline = time.monotonic() + patience
+        delay, reason = 0.5, ""
+        while self.unwritten:
+            for module_id, status in list(self.unwritten.items()):
+                try:
+                    self.service.store.write_module_status(
+                        self.node, self.schedule.id, module_id, status
+                    )
+                except NsbackupError as exc:
+                    reason = str(exc)
+                    break
+                del self.unwritten[module_id]
+                log.info("status of %s written at the end of the run", module_id)
+            remaining = deadline - time.monotonic()
+            if not self.unwritten or remaining <= 0:
+                break
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 5.0)
+        if self.unwritten:
+            log.error(
+                "status of %s not written to Redis (tried for %g s): %s",
+                ", ".join(self.unwritten),
+                patience,
+                reason,
+            )
+        return list(self.unwritten)
+
+
+def _status_retry() -> float:
+    try:
+        value = float(os.environ.get("NSBACKUP_STATUS_RETRY") or STATUS_RETRY)
+    except ValueError:
+        return STATUS_RETRY
+    return value if 0 <= value < float("inf") else STATUS_RETRY
 
 
 def _pipeline(work: _ModuleWork, modules: Sequence[Module], jobs: int) -> list[ModuleResult]:
