@@ -27,7 +27,7 @@ from nsbackup.model import (
     field_error,
 )
 from nsbackup.plugins import PluginHost
-from nsbackup.probe import most_important, probe
+from nsbackup.probe import excerpt, most_important, probe
 from nsbackup.results import (
     DestinationAdded,
     DestinationAltered,
@@ -261,7 +261,7 @@ class DestinationService:
         if not any(r.ok for r in results):
             reason = most_important(r.reason or "" for r in results)
             details = "; ".join(
-                f"node {r.node_id}: {r.reason}" + (f" ({r.detail[-200:]})" if r.detail else "")
+                f"node {r.node_id}: {r.reason}" + (f" ({excerpt(r.detail)})" if r.detail else "")
                 for r in results
             )
             raise ValidationFailed(
@@ -355,14 +355,15 @@ class DestinationService:
             self.store.alter_destination(prepared)
         return {"id": prepared.id, "changed": changed}
 
-    def remove(self, uid: str) -> DestinationRemoved:
+    def remove(self, uid: str, *, dry_run: bool = False) -> DestinationRemoved:
         """Remove a destination, its secrets, the schedules that use it and their status keys
-        (the data on the destination stays)."""
+        (the data on the destination stays). With ``dry_run`` nothing is removed: the result
+        says what would be, once Redis has confirmed that the caller may remove it."""
         state = self.store.load(details=False)
         if uid not in state.destinations:
             raise _not_found(uid)
         schedules = sorted(b.id for b in state.schedules.values() if b.repository == uid)
-        self.store.remove_destination(uid, schedules, state.nodes)
+        self.store.remove_destination(uid, schedules, state.nodes, dry_run=dry_run)
         return {"id": uid, "removed_backups": schedules}
 
     def list(self, *, show_secrets: bool = False) -> DestinationList:

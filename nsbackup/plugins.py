@@ -375,6 +375,25 @@ def disabled_plugins(environ: Mapping[str, str] | None = None) -> set[str]:
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
+def _warn_unknown_disabled(
+    skip: Iterable[str], entry_points: Sequence[importlib.metadata.EntryPoint]
+) -> None:
+    """A name in ``NSBACKUP_DISABLE_PLUGINS`` that matches nothing is most likely a typo: the
+    plugin the operator meant is still loaded, so say so, with the names that would work."""
+    names = {ep.name for ep in entry_points}
+    dists = {ep.dist.name for ep in entry_points if ep.dist}
+    unknown = sorted(set(skip) - names - dists)
+    if unknown:
+        log.warning(
+            "%s: no installed plugin is called %s, nothing disabled for it; installed "
+            "plugins: %s (distributions: %s)",
+            DISABLE_ENV,
+            ", ".join(unknown),
+            ", ".join(sorted(names)) or "none",
+            ", ".join(sorted(dists)) or "none",
+        )
+
+
 def load_plugins(
     entry_points: Iterable[importlib.metadata.EntryPoint] | None = None,
     *,
@@ -388,7 +407,9 @@ def load_plugins(
     host = PluginHost()
     if entry_points is None:
         entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    entry_points = list(entry_points)
     skip = disabled_plugins() if disabled is None else disabled
+    _warn_unknown_disabled(skip, entry_points)
 
     def order(ep: importlib.metadata.EntryPoint) -> tuple[bool, str, str]:
         dist = ep.dist.name if ep.dist else ""

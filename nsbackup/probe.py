@@ -31,6 +31,10 @@ _UNREACHABLE = re.compile(
     re.IGNORECASE | re.MULTILINE,
 )
 
+# rclone starts each log line with a timestamp: noise in a message.
+_TIMESTAMP = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ", re.MULTILINE)
+DETAIL_LENGTH = 400
+
 REASONS = (
     "no_write_permission",
     "no_delete_permission",
@@ -93,12 +97,16 @@ def probe(
         def failed(reason: str, name: str, rc: int, err: str) -> ProbeResult:
             if _UNREACHABLE.search(err) and name == "list":
                 reason = "backup_repository_not_accessible"
-            return ProbeResult(False, reason, name, rc, err[-800:])
+            return ProbeResult(False, reason, name, rc, excerpt(err))
+
+        def timed_out(reason: str, name: str) -> ProbeResult:
+            detail = f"rclone did not finish the {name} step within {step_timeout:g} s"
+            return ProbeResult(False, reason, name, None, detail)
 
         try:
             rc, err = step("list", ["lsd", remote])
-        except subprocess.TimeoutExpired as exc:
-            return ProbeResult(False, "backup_repository_not_accessible", "list", None, str(exc))
+        except subprocess.TimeoutExpired:
+            return timed_out("backup_repository_not_accessible", "list")
         if rc not in (0, _RC_DIR_NOT_FOUND):
             return failed("no_read_permission", "list", rc, err)
         plan = [
@@ -110,11 +118,19 @@ def probe(
         for name, args, reason in plan:
             try:
                 rc, err = step(name, args)
-            except subprocess.TimeoutExpired as exc:
-                return ProbeResult(False, reason, name, None, str(exc))
+            except subprocess.TimeoutExpired:
+                return timed_out(reason, name)
             if rc != 0:
                 return failed(reason, name, rc, err)
     return ProbeResult(True)
+
+
+def excerpt(text: str, limit: int = DETAIL_LENGTH) -> str:
+    """The start of a tool's error output as one line: timestamps dropped, lines joined,
+    whitespace squeezed, cut after ``limit`` characters (ending with ``…``). The first lines
+    say what failed; what follows (an HTML error page, a retry summary) matters less."""
+    flat = " ".join(_TIMESTAMP.sub("", text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _scrub(text: str, hidden: list[Secret]) -> str:

@@ -31,9 +31,21 @@ from nsbackup.cli import (
     schedule,
 )
 from nsbackup.cli.base import Command, Context, Parser, UsageError, path_error, printable
+from nsbackup.cli.help import EPILOGS
 from nsbackup.errors import NsbackupError, ValidationFailed
 
 log = logging.getLogger("nsbackup")
+
+
+VERBOSE_HELP = "-v: info messages, and an error's traceback after its message; -vv: debug too"
+TOP_EPILOG = """\
+exit codes: 0 ok, 1 failure, 2 usage or validation error, 3 partial, 4 busy,
+5 unreachable or permission denied, 6 plugin error, 130 stopped by a signal
+
+`nsbackup GROUP COMMAND --help` shows a command's payload fields and an example, e.g.:
+  nsbackup destination add --help
+  NSBACKUP_REDIS_URL=redis://127.0.0.1:6379/0 REDIS_USER=cluster REDIS_PASSWORD=... \\
+      nsbackup backup list"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,54 +53,76 @@ def build_parser() -> argparse.ArgumentParser:
     from nsbackup.cli import migrate
 
     settings = Settings.from_env()
-    parser = Parser(prog="nsbackup", description="Backup plumbing for NS8-style clusters.")
+    parser = Parser(
+        prog="nsbackup",
+        description="Backup plumbing for NS8-style clusters: destinations, schedules, the "
+        "per-node gateway, restic runs, restores and the cluster dump.",
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.set_defaults(settings=settings)
     parser.add_argument("--version", action="version", version=f"nsbackup {__version__}")
     parser.add_argument(
         "--redis",
         default=settings.redis_url,
-        help="Redis URL to read (default $NSBACKUP_REDIS_URL or redis://127.0.0.1:6379/0)",
+        metavar="URL",
+        help="Redis URL to read (default $NSBACKUP_REDIS_URL or redis://127.0.0.1:6379/0); "
+        "credentials from the URL or $REDIS_USER/$REDIS_PASSWORD",
     )
     parser.add_argument(
         "--redis-leader",
         default=settings.leader_url,
+        metavar="URL",
         help="Redis URL for writes (default $NSBACKUP_REDIS_LEADER_URL, else the --redis URL)",
     )
     parser.add_argument(
-        "--node", default=settings.node_id, help="this node's id (default $NODE_ID)"
+        "--node", default=settings.node_id, metavar="ID", help="this node's id (default $NODE_ID)"
     )
     parser.add_argument(
         "--repo-dir",
         default=settings.repo_dir,
-        help="local disk served for node-hosted (cluster) destinations ($NSBACKUP_REPO_DIR)",
+        metavar="DIR",
+        help="local disk served for node-hosted (cluster) destinations (default "
+        "$NSBACKUP_REPO_DIR, else /var/lib/nsbackup/repo)",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="more messages; -v shows tracebacks"
+        "--json", action="store_true", help="print exactly one JSON document on stdout"
     )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     groups = parser.add_subparsers(dest="group", metavar="GROUP", parser_class=Parser)
     groups.required = True
 
     # --json and -v are accepted after the command too (`nsbackup plugins --json`).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print exactly one JSON document on stdout",
     )
     common.add_argument(
-        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more messages"
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP
     )
 
     def command(sub: Any, name: str, func: Command, help_: str) -> Any:
-        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
-        p.set_defaults(func=func)
+        words = f"{getattr(sub, 'group_name', '')} {name}".strip()
+        p = sub.add_parser(
+            name,
+            help=help_,
+            description=help_[:1].upper() + help_[1:] + ".",
+            epilog=EPILOGS.get(words),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+        p.set_defaults(func=func, command_parser=p)
         return p
 
     def group(name: str, help_: str) -> Any:
-        sub = groups.add_parser(name, help=help_).add_subparsers(
-            dest="command", metavar="COMMAND", parser_class=Parser
-        )
-        sub.required = True
-        return sub
+        sub = groups.add_parser(name, help=help_, description=help_[:1].upper() + help_[1:] + ".")
+        commands = sub.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+        commands.required = True
+        commands.group_name = name  # type: ignore[attr-defined]
+        return commands
 
     info.register(groups, command, group)
     destination.register(group("destination", "backup destinations"), command)
@@ -174,7 +208,11 @@ def main(
 
     install_redaction(root)
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:  # reported by the command's own parser, with the command's usage line
+            getattr(args, "command_parser", build_parser()).error(
+                f"unrecognized arguments: {' '.join(extra)}"
+            )
     except UsageError as exc:
         return _usage(exc, "--json" in argv, out, err)
     root.setLevel(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data
+from nsbackup.cli.base import Context, add_data, check_directory
 
 
 def add(ctx: Context) -> int:
@@ -77,6 +77,8 @@ def run(ctx: Context) -> int:
     from nsbackup.cli.progress import progress_display
     from nsbackup.cli.signals import stop_children_on_signals
 
+    if ctx.args.modules_dir:
+        check_directory("modules-dir", ctx.args.modules_dir)
     with stop_children_on_signals(), progress_display(ctx) as progress:
         report = ctx.cluster.runs.run(
             ctx.args.id, jobs=ctx.args.jobs, wait=ctx.args.wait, progress=progress

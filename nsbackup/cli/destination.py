@@ -27,10 +27,17 @@ def alter(ctx: Context) -> int:
 
 
 def remove(ctx: Context) -> int:
-    result = ctx.cluster.destinations.remove(ctx.args.id)
-    backups = result["removed_backups"]
-    also = f" and backups {', '.join(map(str, backups))}" if backups else ""
-    ctx.emit(result, f"removed {result['id']}{also}")
+    # A person is shown what goes with the destination before it goes; programs (--json)
+    # are not asked.
+    confirmed = ctx.args.yes or ctx.json
+    result = ctx.cluster.destinations.remove(ctx.args.id, dry_run=not confirmed)
+    backups = ", ".join(map(str, result["removed_backups"]))
+    also = f" and backup(s) {backups} (schedules and statuses)" if backups else ""
+    if not confirmed:
+        print(f"would remove destination {result['id']}{also}", file=ctx.err)
+        print("nothing removed: run again with --yes to remove it", file=ctx.err)
+        return 2
+    ctx.emit(result, f"removed destination {result['id']}{also}")
     return 0
 
 
@@ -87,7 +94,13 @@ def register(group: Any, command: Any) -> None:
     ):
         add_data(command(group, name, func, what))
     p = command(group, "remove", remove, "remove a destination and the backups that use it")
-    p.add_argument("id", metavar="ID", help="the destination UUID")
+    p.add_argument("id", metavar="ID", help="the destination UUID (destination list shows it)")
+    p.add_argument(
+        "--yes",
+        action="store_true",
+        help="remove without asking (text mode otherwise only shows what would be removed; "
+        "--json never asks)",
+    )
     p = command(group, "list", list_, "destinations, without secrets")
     p.add_argument(
         "--show-secrets",

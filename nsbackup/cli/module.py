@@ -6,10 +6,18 @@ import json
 import sys
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data
+from nsbackup.cli.base import Context, add_data, check_directory
+
+
+def _check_paths(ctx: Context) -> None:
+    if ctx.args.module_dir:
+        check_directory("module-dir", ctx.args.module_dir)
+    if getattr(ctx.args, "target", None):
+        check_directory("target", ctx.args.target, "any")
 
 
 def backup(ctx: Context) -> int:
+    _check_paths(ctx)
     progress = None
     if ctx.args.progress:
 
@@ -29,6 +37,7 @@ def backup(ctx: Context) -> int:
 
 
 def restore(ctx: Context) -> int:
+    _check_paths(ctx)
     progress = None
     if ctx.args.progress:
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nsbackup.cli.base import Context
+from nsbackup.cli.base import Context, check_directory
 
 
 def quickstart(ctx: Context) -> int:
@@ -20,6 +20,8 @@ def quickstart(ctx: Context) -> int:
         if step.detail and not ctx.json:
             print(f"     {step.detail}", file=ctx.out, flush=True)
 
+    if ctx.args.keep:
+        check_directory("keep", ctx.args.keep, "new")
     keep = Path(ctx.args.keep) if ctx.args.keep else None
     result = quickstart(keep=keep, on_step=shown)
     lines = [f"every check held, in {result['seconds']:.1f} s"]

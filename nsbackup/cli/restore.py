@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data
+from nsbackup.cli.base import Context, add_data, check_directory
 
 
 def grants(ctx: Context) -> int:
@@ -32,6 +32,8 @@ def revoke(ctx: Context) -> int:
 def run(ctx: Context) -> int:
     from nsbackup.cli.signals import stop_children_on_signals
 
+    if ctx.args.modules_dir:
+        check_directory("modules-dir", ctx.args.modules_dir)
     with stop_children_on_signals():
         result = ctx.cluster.restore.run(ctx.data(), wait=ctx.args.wait)
     relinked = result["relinked_backups"]

@@ -7,7 +7,7 @@ import argparse
 import logging
 from typing import Any
 
-from nsbackup.cli.base import Context
+from nsbackup.cli.base import Context, check_directory
 
 _JOBS = 1
 _WAIT = 3600.0
@@ -54,6 +54,8 @@ def scheduler(ctx: Context) -> int:
         log.setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s"))
+    if ctx.args.modules_dir:
+        check_directory("modules-dir", ctx.args.modules_dir)
     runner = ctx.cluster.scheduler().configure(
         jobs=ctx.args.jobs, wait=ctx.args.wait, grace=ctx.args.grace
     )
