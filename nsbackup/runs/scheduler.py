@@ -19,7 +19,8 @@
   (``cluster.runs.purge_metrics``). The node's own Redis user subscribes; where it may not
   (NS8's node ACL has no ``SUBSCRIBE``: Redis answers ``NOPERM``), a connection without
   credentials to the same Redis subscribes as NS8's ``default`` user, which may subscribe to
-  every channel (ref §1.3). If neither may, the schedules are re-read every minute.
+  every channel (ref §1.3; :mod:`nsbackup.events`, shared with the gateway). If neither may,
+  the schedules are re-read every minute.
 - :meth:`Scheduler.request_stop` (the CLI calls it on SIGTERM/SIGINT) ends the loop; each
   running backup gets SIGTERM — the whole process tree of the run, frozen first so that nothing
   escapes — then SIGKILL after the grace period.
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nsbackup.errors import NsbackupError, ValidationFailed
+from nsbackup.events import SUBSCRIBE_TIMEOUT
 from nsbackup.model import ClusterState
 from nsbackup.runs.calendar import next_elapse, systemd_analyze
 from nsbackup.runs.command import (
@@ -68,7 +70,6 @@ TICK = 1.0
 RECONNECT = 2.0
 RELOAD_RETRY = 5.0
 POLL_WITHOUT_EVENTS = 60.0
-SUBSCRIBE_TIMEOUT = 5.0
 STAMP_DIR = "scheduler"
 
 _PRCTL: Any = None
@@ -115,10 +116,6 @@ class _Run:
     stderr: str = ""
 
 
-class _NoSubscription(Exception):
-    """Neither the node's user nor ``default`` may subscribe."""
-
-
 class Scheduler:
     """Runs this node's backups at their schedules' elapses until stopped.
 
@@ -158,7 +155,6 @@ class Scheduler:
         self._reload_failing = False
         self._redis_up = False
         self._node_env: dict[str, str] = {}
-        self._default_client: Any = None
         self._stamps_warned = False
         self._counts = {"started": 0, "finished": 0, "skipped": 0, "reloads": 0}
 
@@ -261,9 +257,6 @@ class Scheduler:
         self._collect()
         if self._events is not None:
             self._events.join(timeout=SUBSCRIBE_TIMEOUT + 5)
-        if self._default_client is not None:
-            with contextlib.suppress(Exception):
-                self._default_client.close()
         log.info("scheduler stopped")
 
     def status(self) -> dict[str, Any]:
@@ -536,117 +529,78 @@ class Scheduler:
         self._wakeups.put("reload")
 
     def _follow_events(self) -> None:
+        from nsbackup.errors import PermissionDenied
+        from nsbackup.events import Subscription
+
+        subscription = Subscription(self.cluster.store.reader, [EVENT_SCHEDULE_CHANGED])
         lost = False
         polling = False
-        while not self._stop.is_set():
-            try:
-                pubsub, user = self._subscribe()
-            except _NoSubscription as exc:
-                if not polling:
-                    log.warning(
-                        "schedule changes cannot be followed (%s): re-reading the schedules "
-                        "every %g s",
-                        exc,
-                        POLL_WITHOUT_EVENTS,
-                    )
-                polling = True
-                self._redis_up = True
-                self._request_reload()
-                self._stop.wait(POLL_WITHOUT_EVENTS)
-                continue
-            except Exception as exc:
-                if not lost:
-                    log.warning(
-                        "Redis lost (%s): keeping the current schedules, reconnecting every %g s",
-                        _describe(exc),
-                        RECONNECT,
-                    )
-                lost = True
-                self._redis_up = False
-                self._stop.wait(RECONNECT)
-                continue
-            if lost:
-                log.warning("Redis reconnected: reading the schedules again")
-            if user != self.events_user or lost or polling:
-                note = "" if user == self._node_user() else f" ({self._node_user()} may not)"
-                log.info("following schedule changes as Redis user %s%s", user, note)
-            lost = polling = False
-            self.events_user = user
-            self._redis_up = True
-            self._request_reload()  # catch up on what happened before the subscription
-            try:
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
-                    if message is None or message.get("type") != "message":
-                        continue
-                    log.info("schedule change: %s", _payload(message.get("data")))
+        try:
+            while not self._stop.is_set():
+                try:
+                    pubsub = subscription.open()
+                except PermissionDenied as exc:
+                    if not polling:
+                        log.warning(
+                            "schedule changes cannot be followed (%s): re-reading the "
+                            "schedules every %g s",
+                            exc,
+                            POLL_WITHOUT_EVENTS,
+                        )
+                    polling = True
+                    self._redis_up = True
                     self._request_reload()
-            except Exception as exc:
-                if not self._stop.is_set():
-                    log.warning(
-                        "Redis lost (%s): keeping the current schedules, reconnecting every %g s",
-                        _describe(exc),
-                        RECONNECT,
-                    )
+                    self._stop.wait(POLL_WITHOUT_EVENTS)
+                    continue
+                except Exception as exc:
+                    if not lost:
+                        log.warning(
+                            "Redis lost (%s): keeping the current schedules, reconnecting "
+                            "every %g s",
+                            _describe(exc),
+                            RECONNECT,
+                        )
                     lost = True
                     self._redis_up = False
-            finally:
-                with contextlib.suppress(Exception):
-                    pubsub.close()
-            if lost:
-                self._stop.wait(RECONNECT)
+                    self._stop.wait(RECONNECT)
+                    continue
+                user = subscription.user
+                if lost:
+                    log.warning("Redis reconnected: reading the schedules again")
+                if user != self.events_user or lost or polling:
+                    note = "" if user == self._node_user() else f" ({self._node_user()} may not)"
+                    log.info("following schedule changes as Redis user %s%s", user, note)
+                lost = polling = False
+                self.events_user = user
+                self._redis_up = True
+                self._request_reload()  # catch up on what happened before the subscription
+                try:
+                    while not self._stop.is_set():
+                        message = pubsub.get_message(timeout=0.5)
+                        if message is None or message.get("type") != "message":
+                            continue
+                        log.info("schedule change: %s", _payload(message.get("data")))
+                        self._request_reload()
+                except Exception as exc:
+                    if not self._stop.is_set():
+                        log.warning(
+                            "Redis lost (%s): keeping the current schedules, reconnecting "
+                            "every %g s",
+                            _describe(exc),
+                            RECONNECT,
+                        )
+                        lost = True
+                        self._redis_up = False
+                finally:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
+                if lost:
+                    self._stop.wait(RECONNECT)
+        finally:
+            subscription.close()
 
     def _node_user(self) -> str:
         return identity(self.cluster.store.reader)
-
-    def _subscribe(self) -> tuple[Any, str]:
-        """A pub/sub subscribed to the schedule event, and the user it is subscribed as: the
-        node's own, else ``default`` when the node's is refused (NOPERM)."""
-        import redis
-
-        reader = self.cluster.store.reader
-        node_user = identity(reader)
-        try:
-            return self._subscribed(reader), node_user
-        except (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError) as exc:
-            if node_user == "default":
-                raise _NoSubscription(f"Redis user default: {exc}") from None
-            refused = f"{node_user}: {exc}"
-        if self._default_client is None:
-            from nsbackup.runs.command import client_url
-
-            self._default_client = redis.Redis.from_url(
-                client_url(reader),
-                decode_responses=True,
-                socket_timeout=10,
-                socket_connect_timeout=10,
-            )
-        try:
-            return self._subscribed(self._default_client), "default"
-        except (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError) as exc:
-            raise _NoSubscription(f"{refused}; default: {exc}") from None
-
-    @staticmethod
-    def _subscribed(client: Any) -> Any:
-        import redis
-
-        pubsub = client.pubsub()
-        try:
-            pubsub.subscribe(EVENT_SCHEDULE_CHANGED)
-            deadline = time.monotonic() + SUBSCRIBE_TIMEOUT
-            while time.monotonic() < deadline:
-                message = pubsub.get_message(timeout=0.5)
-                if message is not None and message.get("type") == "subscribe":
-                    return pubsub
-            raise redis.exceptions.TimeoutError("no answer to SUBSCRIBE")
-        except redis.exceptions.ResponseError as exc:
-            pubsub.close()
-            if str(exc).startswith(("NOPERM", "NOAUTH")) or "no permissions" in str(exc):
-                raise redis.exceptions.NoPermissionError(str(exc)) from None
-            raise
-        except BaseException:
-            pubsub.close()
-            raise
 
 
 def _describe(exc: BaseException) -> str:
