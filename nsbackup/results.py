@@ -116,6 +116,8 @@ class BackupItem(TypedDict):
     id: int
     name: str
     repository: str
+    repository_name: str
+    """The destination's name (nsbackup's addition; ``""`` when the destination is gone)."""
     schedule: str
     schedule_hint: dict[str, Any]
     retention: int

@@ -279,11 +279,13 @@ class ScheduleService:
                         "status": status_of.get((bid, mid)),
                     }
                 )
+            destination = state.destinations.get(sched.repository)
             backups.append(
                 {
                     "id": bid,
                     "name": sched.name,
                     "repository": sched.repository,
+                    "repository_name": destination.name if destination else "",
                     "schedule": sched.schedule,
                     "schedule_hint": dict(sched.schedule_hint),
                     "retention": sched.retention,

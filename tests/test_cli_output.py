@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from nsbackup.cli import main
+from tests.cluster_seed import module_uuid
 from tests.gateway_fixture import add_destination
 from tests.ns8_acl import dump_all
 from tests.redis_server import RedisServer
@@ -215,3 +216,133 @@ def test_disabling_a_plugin_nobody_has_is_warned_about() -> None:
     assert result.stderr.count("\n") == 1, result.stderr
     assert "NSBACKUP_DISABLE_PLUGINS: no installed plugin is called nosuch" in result.stderr
     assert "installed plugins: azure, backblaze," in result.stderr and "s3" in result.stderr
+
+
+# -- text output in columns ---------------------------------------------------------------------
+
+
+def columns(text: str, headers: tuple[str, ...]) -> list[list[str]]:
+    """The rows of the table in ``text`` whose header line holds ``headers``, cut at the
+    header's column starts; fails unless every row has its cells exactly there."""
+    lines = text.splitlines()
+    top = next(i for i, line in enumerate(lines) if all(h in line for h in headers))
+    starts = [lines[top].index(h) for h in headers]
+    rows = []
+    for line in lines[top + 1 :]:
+        if not line.strip() or not line.startswith(lines[top][: starts[0]]):
+            break
+        for start in starts[1:]:
+            assert line[start - 1] == " ", f"not aligned at {start}: {line!r}"
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        rows.append(cells)
+    return rows
+
+
+def test_backup_list_shows_destination_names_paths_and_modules_left_out(
+    cluster: tuple[RedisServer, str],
+) -> None:
+    server, uid = cluster
+    client = server.client()
+    status = {"start": 1714525200, "end": 1714525212, "errors": 0, "total_size": 12934567}
+    client.hset("node/1/backup_status/1", "mail1", json.dumps(status))
+    client.close()
+    code, out, err = run(server, "backup", "list")
+    assert code == 0, err
+    first = out.split("\n\n")[0]
+    assert first.splitlines()[:3] == [
+        "backup 1  Nightly  (enabled)",
+        f"  destination  Offsite  {uid}",
+        "  schedule     daily, keeps the last 3 snapshot(s)",
+    ]
+    rows = columns(first, ("MODULE", "NAME", "REPOSITORY PATH", "LAST RUN", "ENDED", "SIZE"))
+    assert rows == [
+        [
+            "mail1",
+            "UI mail1",
+            f"mail/{module_uuid('mail1')}",
+            "ok",
+            "2024-05-01 01:00:12 UTC",
+            "12.3 MiB",
+        ]
+    ]
+    assert "backup 2  Weekly" in out and "never run" not in first
+    assert out.rstrip().endswith(
+        "not in any backup: dokuwiki1 (UI dokuwiki1), nextcloud3 (UI nextcloud3)"
+    )
+    code, out, _ = run(server, "--json", "backup", "list")
+    assert json.loads(out)["backups"][0]["repository_name"] == "Offsite"
+
+
+def test_destination_list_in_columns_with_the_passphrase_and_passwords_on_request(
+    cluster: tuple[RedisServer, str], tmp_path: Path
+) -> None:
+    from tests.gateway_fixture import RESTIC_PASSWORD
+
+    server, uid = cluster
+    code, out, err = run(server, "destination", "list")
+    assert code == 0, err
+    headers = ("ID", "PROVIDER", "NAME", "BASE PATH", "URL")
+    assert columns(out, headers) == [
+        [uid, "webdav", "Offsite", "(root)", "webdav:http://127.0.0.1:9/dav"]
+    ]
+    assert RESTIC_PASSWORD not in out
+    assert out.splitlines()[-1].startswith("cluster dump passphrase: NOT SET")
+    code, out, err = run(server, "destination", "list", "--show-secrets")
+    assert code == 0, err
+    assert columns(out, (*headers, "RESTIC PASSWORD"))[0][-1] == RESTIC_PASSWORD
+    passphrase = tmp_path / "passphrase"
+    passphrase.write_text("secret\n")
+    out_, err_ = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("NSBACKUP_REDIS_URL", f"redis://{server.host}:{server.port}/0")
+        env.setenv("REDIS_USER", "cluster")
+        env.setenv("REDIS_PASSWORD", server.admin_password)
+        env.setenv("NSBACKUP_DUMP_PASSPHRASE_FILE", str(passphrase))
+        assert main(["--json", "destination", "list"], out_, err_) == 0
+    assert json.loads(out_.getvalue())["password_exists"] is True
+
+
+def test_destination_render_names_the_destination_and_rclone_still_reads_it(
+    tmp_path: Path,
+) -> None:
+    from tests.servers import rclone_bin
+
+    request = {
+        "provider": "backblaze",
+        "name": "",
+        "url": "b2:bucket/ns8",
+        "parameters": {"b2_account_id": "id", "b2_account_key": "key"},
+    }
+    code, out, err = run(None, "destination", "render", "--data", json.dumps(request))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "# Backblaze bucket/ns8 (backblaze, b2:bucket/ns8)"
+    assert lines[1] == "# base path: bucket/ns8"
+    assert lines[3:] == ["type = b2", "account = id", "key = ***"]
+    config = tmp_path / "rclone.conf"
+    config.write_text(out)
+    listed = subprocess.run(
+        [rclone_bin(), "--config", str(config), "listremotes"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert listed.stdout == lines[2].strip("[]") + ":\n"
+
+
+def test_alter_commands_print_what_changed(cluster: tuple[RedisServer, str]) -> None:
+    server, uid = cluster
+    schedule = {
+        "id": 1,
+        "name": "Nightly",
+        "repository": uid,
+        "schedule": "daily",
+        "retention": 7,
+        "instances": ["mail1"],
+        "enabled": False,
+    }
+    code, out, err = run(server, "backup", "alter", "--data", json.dumps(schedule))
+    assert (code, out) == (0, "backup 1: changed retention, enabled\n"), err
+    code, out, err = run(server, "backup", "alter", "--data", json.dumps(schedule))
+    assert (code, out) == (0, "backup 1: changed nothing\n"), err

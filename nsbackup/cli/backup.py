@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nsbackup.cli.base import Context, add_data, check_directory
+from nsbackup.cli.base import Context, add_data, check_directory, table
+
+if TYPE_CHECKING:
+    from nsbackup.results import BackupList
 
 
 def add(ctx: Context) -> int:
@@ -25,20 +28,47 @@ def remove(ctx: Context) -> int:
     return 0
 
 
+def list_text(result: BackupList) -> str:
+    """Each schedule with its destination, then its modules in columns (repository path and
+    last run); then the modules no schedule backs up."""
+    blocks = []
+    for b in result["backups"]:
+        destination = b["repository_name"] or "(destination not found)"
+        lines = [
+            f"backup {b['id']}  {b['name']}  ({'enabled' if b['enabled'] else 'DISABLED'})",
+            f"  destination  {destination}  {b['repository']}",
+            f"  schedule     {b['schedule']}, keeps the last {b['retention']} snapshot(s)",
+        ]
+        rows = []
+        for item in b["instances"]:
+            status = item["status"] or {}
+            if not status:
+                run, ended, size = "never run", "", ""
+            else:
+                run = "ok" if status.get("success") else "FAILED"
+                ended = _utc(int(status.get("end", -1)))
+                size = _size(int(status["total_size"])) if "total_size" in status else ""
+            rows.append(
+                (item["module_id"], item["ui_name"], item["repository_path"], run, ended, size)
+            )
+        if rows:
+            headers = ("MODULE", "NAME", "REPOSITORY PATH", "LAST RUN", "ENDED", "SIZE")
+            lines.append(table(headers, rows, indent="  "))
+        else:
+            lines.append("  no module")
+        blocks.append("\n".join(lines))
+    if not blocks:
+        blocks.append("no backups")
+    alone = result["unconfigured_instances"]
+    if alone:
+        shown = ", ".join(f"{m['id']} ({m['ui_name']})" if m["ui_name"] else m["id"] for m in alone)
+        blocks.append(f"not in any backup: {shown}")
+    return "\n\n".join(blocks)
+
+
 def list_(ctx: Context) -> int:
     result = ctx.cluster.schedules.list()
-    lines = []
-    for b in result["backups"]:
-        state = "enabled" if b["enabled"] else "disabled"
-        lines.append(
-            f"{b['id']}  {b['name']}  -> {b['repository']}  {b['schedule']}  "
-            f"keep {b['retention']}  {state}"
-        )
-        for item in b["instances"]:
-            status = item["status"]
-            shown = "never run" if status is None else ("ok" if status["success"] else "FAILED")
-            lines.append(f"    {item['module_id']:<20} {shown}")
-    ctx.emit(result, "\n".join(lines) if lines else "no backups")
+    ctx.emit(result, list_text(result))
     return 0
 
 
@@ -97,9 +127,12 @@ def check(ctx: Context) -> int:
         f"backup {report['backup_id']} ({report['name']}): "
         + ("every repository is sound" if report["ok"] else "PROBLEMS FOUND")
     ]
-    for r in report["repositories"]:
-        state = "ok" if r["ok"] else f"FAILED  {r['message']}"
-        lines.append(f"  {r['module_id']:<20} {r['repository_path']}  {state}")
+    rows = [
+        (r["module_id"], r["repository_path"], "ok" if r["ok"] else f"FAILED  {r['message']}")
+        for r in report["repositories"]
+    ]
+    if rows:
+        lines.append(table(("MODULE", "REPOSITORY PATH", "CHECK"), rows, indent="  "))
     ctx.emit(report, "\n".join(lines))
     code: int = report["exit_code"]
     return code
@@ -115,12 +148,16 @@ def _utc(timestamp: int) -> str:
 
 def snapshots(ctx: Context) -> int:
     items = ctx.cluster.runs.snapshots(ctx.data())
-    lines = [
-        f"{s['id'][:8]}  {_utc(s['timestamp'])}"
-        + (f"  {_size(s['total_bytes'])}" if s["total_bytes"] >= 0 else "")
+    rows = [
+        (
+            s["id"][:8],
+            _utc(s["timestamp"]),
+            _size(s["total_bytes"]) if s["total_bytes"] >= 0 else "",
+        )
         for s in items
     ]
-    ctx.emit(items, "\n".join(lines) if lines else "no snapshots")
+    text = table(("SNAPSHOT", "TIME", "SIZE"), rows) if rows else "no snapshots"
+    ctx.emit(items, text)
     return 0
 
 

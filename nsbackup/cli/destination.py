@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data
+from nsbackup.cli.base import Context, add_data, table
 
 
 def render(ctx: Context) -> int:
     result = ctx.cluster.destinations.render(ctx.data(), show_secrets=ctx.args.show_secrets)
-    ctx.emit(result, result["rclone_conf"].rstrip("\n"))
+    # comments: the text stays a section rclone reads as it is
+    head = [f"# {result['name']} ({result['provider']}, {result['url']})"]
+    head.append(f"# base path: {result['basepath'] or '(the root of the remote)'}")
+    ctx.emit(result, "\n".join([*head, result["rclone_conf"].rstrip("\n")]))
     return 0
 
 
@@ -43,10 +46,21 @@ def remove(ctx: Context) -> int:
 
 def list_(ctx: Context) -> int:
     result = ctx.cluster.destinations.list(show_secrets=ctx.args.show_secrets)
-    lines = [
-        f"{r['id']}  {r['provider']:<10} {r['name']}  ({r['url']})" for r in result["repositories"]
+    headers = ["ID", "PROVIDER", "NAME", "BASE PATH", "URL"]
+    rows = [
+        [r["id"], r["provider"], r["name"], r["basepath"] or "(root)", r["url"]]
+        for r in result["repositories"]
     ]
-    ctx.emit(result, "\n".join(lines) if lines else "no destinations")
+    if ctx.args.show_secrets:  # the Restic password of each destination's repositories
+        headers.append("RESTIC PASSWORD")
+        for row, r in zip(rows, result["repositories"], strict=True):
+            row.append(r.get("password", ""))
+    lines = [table(headers, rows)] if rows else ["no destinations"]
+    lines.append(
+        "\ncluster dump passphrase: "
+        + ("set" if result["password_exists"] else "NOT SET (the leader uploads no cluster dump)")
+    )
+    ctx.emit(result, "\n".join(lines))
     return 0
 
 
@@ -65,13 +79,14 @@ def repositories(ctx: Context) -> int:
         items = ctx.cluster.runs.repositories(timeout=ctx.args.timeout)
     except Partial as exc:  # the destinations that answered are still worth printing
         failure, items = exc, exc.result
-    lines = []
+    rows = []
     for r in items:
         who = r["installed_instance"] or (
             f"{r['module_id']} (not installed)" if r["module_id"] else "-"
         )
-        lines.append(f"{r['repository_name']}  {r['path']}  {who}")
-    ctx.emit(items, "\n".join(lines) if lines else "no repositories")
+        rows.append((r["repository_name"], r["path"], who))
+    headers = ("DESTINATION", "REPOSITORY PATH", "MODULE")
+    ctx.emit(items, table(headers, rows) if rows else "no repositories")
     if failure is None:
         return 0
     print(f"error: {failure}", file=ctx.err)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data, check_directory
+from nsbackup.cli.base import Context, add_data, check_directory, table
 
 
 def grants(ctx: Context) -> int:
     result = ctx.cluster.restore.grants()
-    lines = [
-        f"{g['module_uuid']} ({g['module_id'] or 'no module'}) may read {g['source_uuid']}"
+    rows = [
+        (g["module_uuid"], g["module_id"] or "(no module)", g["source_uuid"])
         for g in result["grants"]
     ]
-    ctx.emit(result, "\n".join(lines) if lines else "no restore grants")
+    headers = ("MODULE UUID", "MODULE", "MAY READ THE REPOSITORY OF")
+    ctx.emit(result, table(headers, rows) if rows else "no restore grants")
     return 0
 
 

@@ -7,7 +7,7 @@ import argparse
 import logging
 from typing import Any
 
-from nsbackup.cli.base import Context, check_directory
+from nsbackup.cli.base import Context, check_directory, table
 
 _JOBS = 1
 _WAIT = 3600.0
@@ -36,12 +36,12 @@ def stop_timers(ctx: Context) -> int:
 
 def list_timers(ctx: Context) -> int:
     result = ctx.cluster.timers.list()
-    lines = [
-        f"{t['unit']:<16} {t['active']:<9} {t['calendar']:<24} next {t['next_elapse'] or '-'}"
-        f"  last {t['last_trigger'] or '-'}"
+    rows = [
+        (t["unit"], t["active"], t["calendar"], t["next_elapse"] or "-", t["last_trigger"] or "-")
         for t in result["timers"]
     ]
-    ctx.emit(result, "\n".join(lines) if lines else "no backup timers")
+    headers = ("UNIT", "ACTIVE", "CALENDAR", "NEXT", "LAST")
+    ctx.emit(result, table(headers, rows) if rows else "no backup timers")
     return 0
 
 
