@@ -57,3 +57,72 @@ def test_gateway_render_refuses_a_cluster_it_cannot_serve(
     code, result, err = run(redis_db, "--node", "1", "gateway", "render", "--out", str(out))
     assert code == 0, err
     assert "CLUSTER_NETWORK=10.5.4.0/24" in (out / "rclone-gateway.env").read_text()
+
+
+def test_back_up_a_directory_by_hand_as_the_operations_guide_says(
+    redis_db: RedisServer, tmp_path: Path
+) -> None:
+    """docs/operations.md, "Back up a directory by hand", step by step: the Restic password
+    from `destination list --show-secrets`, restic 0.14 with the node's user in the URL
+    (`node%2F1`), restic 0.18 with RESTIC_REST_USERNAME/PASSWORD, into one repository."""
+    import re
+    import uuid
+
+    from tests.restic_versions import find_restic
+    from tests.run_world import RunWorld
+
+    world = RunWorld(redis_db, tmp_path / "world", {"mail1": "1"}).start()
+    try:
+        assert world.gateway is not None
+        code, listed, err = world.nsbackup("--json", "destination", "list", "--show-secrets")
+        assert code == 0, err
+        password = listed["repositories"][0]["password"]
+        code, text, err = world.nsbackup("destination", "list", "--show-secrets")
+        assert code == 0 and "RESTIC PASSWORD" in text and password in text, err
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "notes.txt").write_text("by hand\n")
+        name = str(uuid.uuid4())
+        path = f"{world.destination}/manual/{name}"
+        host = world.gateway.url.removeprefix("http://")
+        node_password = PASSWORDS["node/1"]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
+
+        def restic(binary: str, env: dict[str, str], *args: str) -> Any:
+            return subprocess.run(
+                [binary, "--no-cache", *args],
+                env={**clean, "RESTIC_PASSWORD": password, **env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+
+        old = find_restic("restic-0.14").binary
+        in_url = {"RESTIC_REPOSITORY": f"rest:http://node%2F1:{node_password}@{host}/{path}"}
+        assert restic(old, in_url, "init").returncode == 0
+        done = restic(old, in_url, "backup", str(data))
+        assert done.returncode == 0, done.stderr
+        unencoded = {"RESTIC_REPOSITORY": f"rest:http://node/1:{node_password}@{host}/{path}"}
+        assert restic(old, unencoded, "snapshots").returncode != 0
+
+        new = find_restic("restic-0.18").binary
+        own_variables = {
+            "RESTIC_REPOSITORY": f"rest:{world.gateway.url}/{path}",
+            "RESTIC_REST_USERNAME": "node/1",
+            "RESTIC_REST_PASSWORD": node_password,
+        }
+        done = restic(new, own_variables, "backup", str(data))
+        assert done.returncode == 0, done.stderr
+        snapshots = json.loads(restic(new, own_variables, "snapshots", "--json").stdout)
+        assert len(snapshots) == 2
+        target = tmp_path / "restored"
+        done = restic(new, own_variables, "restore", "latest", "--target", str(target))
+        assert done.returncode == 0, done.stderr
+        assert (target / str(data).lstrip("/") / "notes.txt").read_text() == "by hand\n"
+
+        code, text, err = world.nsbackup("destination", "repositories")
+        assert code == 0, err
+        assert re.search(rf"^cluster \S+ +manual/{name} +-$", str(text), re.M), text
+    finally:
+        world.stop()
