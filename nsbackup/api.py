@@ -96,6 +96,10 @@ class Settings:
                                   the cluster dump passphrase the leader encrypts with before
                                   each run; default NS8's
                                   ``/var/lib/nethserver/cluster/state/backup/passphrase``
+    ``NSBACKUP_RESTIC_STALL``     seconds a backup or restore may make no progress before
+                                  restic is stopped (default 900)
+    ``NSBACKUP_STATUS_RETRY``     seconds the end of a run keeps writing the statuses Redis
+                                  refused during it (default 60)
     ============================  =============================================================
     """
 

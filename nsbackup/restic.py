@@ -104,6 +104,20 @@ def restic_env(
     return env
 
 
+STALL = 900.0
+"""Seconds a streaming restic (backup, restore) may go without any progress before it is
+stopped: a destination that hangs after answering its health check would otherwise hold a run
+for the whole timeout (``NSBACKUP_RESTIC_STALL`` overrides it)."""
+
+
+def stall_bound() -> float:
+    try:
+        value = float(os.environ.get("NSBACKUP_RESTIC_STALL") or STALL)
+    except ValueError:
+        return STALL
+    return value if 0 < value < float("inf") else STALL
+
+
 def run_restic(
     args: Sequence[str],
     env: Mapping[str, str],
@@ -112,48 +126,108 @@ def run_restic(
     progress: Callable[[dict[str, Any]], None] | None = None,
     cwd: str | None = None,
     binary: str | None = None,
+    stall: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``binary`` (default: :func:`restic_binary`) with ``env`` added to a clean environment
-    (no inherited ``RESTIC_*``).
+    (no inherited ``RESTIC_*``). Never raises on a timeout: restic is killed and the result
+    says why (return code -9 and a last ``nsbackup:`` line on stderr).
 
-    With ``progress`` and ``--json``, each JSON status line is passed to it as it arrives.
+    With ``progress`` and ``--json``, each JSON message is passed to it as it arrives, and
+    restic is also stopped when its progress stands still for ``stall`` seconds (default
+    :func:`stall_bound`). Status lines are not kept in the result's stdout.
     """
     environ = {k: v for k, v in os.environ.items() if not k.startswith("RESTIC_")}
     environ.update(env)
     command = [binary or restic_binary(), *args]
     if progress is None or "--json" not in args:
-        return subprocess.run(
-            command,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-        )
+        try:
+            return subprocess.run(
+                command,
+                env=environ,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            partial = exc.stderr or ""
+            err = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+            return subprocess.CompletedProcess(
+                command, -9, "", err + f"\nnsbackup: restic stopped: no end after {timeout:g} s\n"
+            )
+    return _stream(command, environ, timeout, progress, cwd, stall or stall_bound())
+
+
+def _stream(
+    command: list[str],
+    environ: Mapping[str, str],
+    timeout: float,
+    progress: Callable[[dict[str, Any]], None],
+    cwd: str | None,
+    stall: float,
+) -> subprocess.CompletedProcess[str]:
+    import threading
+    import time
+
     lines: list[str] = []
+    errors: list[str] = []
+    stopped: list[str] = []
     with subprocess.Popen(
         command,
         env=environ,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        errors="replace",
         cwd=cwd,
         stdin=subprocess.DEVNULL,
     ) as proc:
         assert proc.stdout is not None and proc.stderr is not None
+        stderr = proc.stderr
+        # stderr is read beside stdout: restic writing more than a pipe's worth of errors
+        # (thousands of unreadable files) must not block it while we wait on stdout.
+        reader = threading.Thread(target=lambda: errors.append(stderr.read()), daemon=True)
+        reader.start()
+        started = time.monotonic()
+        moved: dict[str, Any] = {"at": started, "to": None}  # the last change of progress
+
+        def watchdog() -> None:
+            while proc.poll() is None:
+                now = time.monotonic()
+                if now - started > timeout:
+                    stopped.append(f"no end after {timeout:g} s")
+                elif now - moved["at"] > stall:
+                    stopped.append(f"no progress for {stall:g} s (the destination hangs?)")
+                if stopped:
+                    proc.kill()
+                    return
+                time.sleep(0.5)
+
+        threading.Thread(target=watchdog, daemon=True).start()
         for line in proc.stdout:
-            lines.append(line)
             try:
                 message = json.loads(line)
             except json.JSONDecodeError:
+                lines.append(line)
                 continue
-            if isinstance(message, dict):
-                progress(message)
-        stderr = proc.stderr.read()
-        proc.wait(timeout=timeout)
-    return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), stderr)
+            if not isinstance(message, dict):
+                continue
+            signature = tuple(
+                message.get(k) for k in ("message_type", "bytes_done", "files_done", "item")
+            )
+            if signature != moved["to"]:
+                moved["at"], moved["to"] = time.monotonic(), signature
+            if message.get("message_type") != "status":
+                lines.append(line)
+            progress(message)
+        proc.wait()
+        reader.join(timeout=30)
+    text = "".join(errors)
+    if stopped:
+        text += f"\nnsbackup: restic stopped: {stopped[0]}\n"
+    return subprocess.CompletedProcess(command, proc.returncode, "".join(lines), text)
 
 
 def explain(returncode: int) -> str:

@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -94,6 +97,18 @@ def stream(
 
     reader = threading.Thread(target=read_stdout, daemon=True)
     reader.start()
+    ended = threading.Event()
+    overdue: list[bool] = []
+
+    def watchdog() -> None:
+        # The module side's own bounds should end it long before; this one makes sure a run
+        # never waits for ever on a module side that does not end.
+        if not ended.wait(timeout):
+            overdue.append(True)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    threading.Thread(target=watchdog, daemon=True).start()
     size = 0
     for line in proc.stderr:
         on_line(line.rstrip("\n"))
@@ -104,13 +119,13 @@ def stream(
         while size > STDERR_KEPT and len(kept) > 1:
             size -= len(kept.pop(0))
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
         proc.wait()
     finally:
+        ended.set()
         children.untrack(proc)
     reader.join(timeout=30)
+    if overdue:
+        kept.append(f"nsbackup: the module side was stopped after {timeout:g} s\n")
     return RunnerResult(proc.returncode, "".join(out), "".join(kept))
 
 

@@ -495,3 +495,45 @@ def test_redis_down_until_the_run_ends_exits_5_and_the_metrics_keep_the_failure(
     assert f'node_backup_status{{id="{bid}",name="redis {mids[0]}"}} 0' in metrics, metrics
     assert report["modules"][0]["success"] and report["modules"][0]["metadata_uploaded"]
     check_clean(world, mids[0])
+
+
+def test_a_destination_that_hangs_mid_backup_ends_the_module_within_the_stall_bound(
+    world: RunWorld, tmp_path: Path
+) -> None:
+    """The destination answered its health check, then froze in the middle of the upload:
+    restic's progress stands still, the module side stops it after the stall bound
+    (``NSBACKUP_RESTIC_STALL``, 5 s here), the node does not wait on it for its stats, and the
+    run ends with the module failed instead of hanging for hours."""
+    with RcloneWebdavServer(tmp_path / "dav", "davuser", "dav-secret-pw") as dav:
+        proxy = StallingProxy((dav.host, dav.port))
+        try:
+            uid = world.add_destination(
+                {
+                    "provider": "webdav",
+                    "url": f"webdav:http://127.0.0.1:{proxy.port}/frozen",
+                    "parameters": {"webdav_user": dav.user, "webdav_pass": dav.password},
+                }
+            )
+            add_modules(world, "frozenmail1")
+            bid = world.add_schedule(["frozenmail1"], repository=uid, name="frozen")
+            run = Run(world, bid, extra={"NSBACKUP_RESTIC_STALL": "5"})
+            locks = dav.root / "frozen" / "frozenmail" / module_uuid("frozenmail1") / "locks"
+            try:
+                wait_until(
+                    lambda: locks.is_dir() and any(locks.iterdir()),
+                    60,
+                    "frozenmail1's backup to hold its lock on the destination",
+                )
+                proxy.hang()
+                code, report, elapsed = run.finish(HEALTH_CHECK_BOUND + 60)
+            finally:
+                run.stop()
+            assert proxy.stalled > 0
+            assert code == 1 and report["outcome"] == "failure", report
+            module = report["modules"][0]
+            assert not module["success"]
+            assert "no progress for 5 s" in module["message"] or module["failure"] == "unreachable"
+            assert elapsed < HEALTH_CHECK_BOUND + 60, elapsed
+            assert status_of(world, bid)["frozenmail1"]["errors"] >= 1
+        finally:
+            proxy.close()

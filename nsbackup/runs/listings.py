@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 import threading
 import time
 import unicodedata
@@ -118,14 +117,13 @@ def snapshots(service: RunService, payload: Any) -> list[dict[str, Any]]:
     )
     # --no-lock: listing writes nothing to the repository and is not refused while a
     # prune holds the exclusive lock.
-    try:
-        completed = run_restic(
-            ["snapshots", "--json", "--no-lock"], env, binary=binary, timeout=SNAPSHOTS_TIMEOUT
-        )
-    except subprocess.TimeoutExpired:
+    completed = run_restic(
+        ["snapshots", "--json", "--no-lock"], env, binary=binary, timeout=SNAPSHOTS_TIMEOUT
+    )
+    if completed.returncode == -9:
         raise Unreachable(
             f"restic snapshots of {repository}/{path} did not finish within {SNAPSHOTS_TIMEOUT:g} s"
-        ) from None
+        )
     if completed.returncode != 0:
         secret = service._credentials()[1]
         detail = _last_line(completed.stderr, secret)

@@ -214,7 +214,10 @@ class RunService:
             redis_url = f"unix://{kwargs['path']}?db={kwargs.get('db', 0)}"
         else:
             redis_url = f"redis://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}"
-        env = {k: v for k, v in os.environ.items() if k == "NSBACKUP_RESTIC"}
+        # The node's restic choices reach the module side (nothing else of its environment).
+        env = {
+            k: v for k, v in os.environ.items() if k in ("NSBACKUP_RESTIC", "NSBACKUP_RESTIC_STALL")
+        }
         return RunnerSettings(
             modules_dir=self.settings.modules_dir,
             redis_url=redis_url,
@@ -251,11 +254,7 @@ class RunService:
         except LockTimeout as exc:
             holder = f" by pid {exc.holder}" if exc.holder else ""
             raise Busy(f"backup {backup_id} is already running on node {node}{holder}") from None
-        published = self._publish(report).to_json()
-        if published["notes"].get("status_not_written"):
-            # What NS8 shows of the run is not in Redis: the run failed to reach a service.
-            published["exit_code"] = Unreachable.exit_code
-        return published
+        return self._publish(report).to_json()
 
     def _run_locked(
         self,
@@ -657,6 +656,14 @@ class _ModuleWork:
         module, fields, backed_up = pending.module, dict(pending.fields), pending.backed_up
         errors = pending.errors
         path = f"{self.schedule.repository}/{module.repository_path}"
+        if not backed_up:
+            # The destination may have died during the backup: do not let the node's stats
+            # hang on it too.
+            down = self.service._destination_down(self.schedule.repository)
+            if down:
+                fields["message"] = f"{fields.get('message') or 'backup failed'}; {down}"
+                fields.setdefault("failure", "unreachable")
+                return ModuleResult(**fields, success=False, end=int(time.time()), errors=errors)
         env, binary, version = self.service._restic(path, self.restic_password)
         stats = run_restic(["stats", "--json", "latest"], env, binary=binary, timeout=3600)
         stats_data: dict[str, Any] = {}

@@ -97,7 +97,11 @@ class RunReport:
 
     @property
     def exit_code(self) -> int:
-        """0 every local module succeeded (or nothing to do), 3 some failed, 1 all failed."""
+        """0 every local module succeeded (or nothing to do), 3 some failed, 1 all failed; 5
+        when a module's status could not be written to Redis even at the end of the run (what
+        NS8 shows of the run is then missing)."""
+        if self.notes.get("status_not_written"):
+            return 5
         return {"partial": 3, "failure": 1}.get(self.outcome, 0)
 
     @property
