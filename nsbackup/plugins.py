@@ -381,7 +381,7 @@ def _warn_unknown_disabled(
     """A name in ``NSBACKUP_DISABLE_PLUGINS`` that matches nothing is most likely a typo: the
     plugin the operator meant is still loaded, so say so, with the names that would work."""
     names = {ep.name for ep in entry_points}
-    dists = {ep.dist.name for ep in entry_points if ep.dist}
+    dists = {_dist_of(ep)[0] for ep in entry_points if ep.dist}
     unknown = sorted(set(skip) - names - dists)
     if unknown:
         log.warning(
@@ -392,6 +392,23 @@ def _warn_unknown_disabled(
             ", ".join(sorted(names)) or "none",
             ", ".join(sorted(dists)) or "none",
         )
+
+
+_dists: dict[str, tuple[str, str]] = {}
+
+
+def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    """The name and version of the distribution of ``ep``, read once per distribution (each
+    ``ep.dist.name`` parses the distribution's whole METADATA file again)."""
+    dist = ep.dist
+    if dist is None:
+        return ("?", "?")
+    key = str(getattr(dist, "_path", id(dist)))
+    found = _dists.get(key)
+    if found is None:
+        metadata = dist.metadata
+        found = _dists[key] = (str(metadata["Name"]), str(metadata["Version"]))
+    return found
 
 
 def load_plugins(
@@ -412,13 +429,12 @@ def load_plugins(
     _warn_unknown_disabled(skip, entry_points)
 
     def order(ep: importlib.metadata.EntryPoint) -> tuple[bool, str, str]:
-        dist = ep.dist.name if ep.dist else ""
+        dist = _dist_of(ep)[0] if ep.dist else ""
         return (dist != BUILTIN_DIST, dist, ep.name)
 
     seen: set[tuple[str, str, str]] = set()
     for ep in sorted(entry_points, key=order):
-        dist = ep.dist.name if ep.dist else "?"
-        version = ep.dist.version if ep.dist else "?"
+        dist, version = _dist_of(ep)
         if ep.name in skip or dist in skip or (ep.name, ep.value, dist) in seen:
             continue
         seen.add((ep.name, ep.value, dist))
