@@ -33,6 +33,8 @@ _UNREACHABLE = re.compile(
 
 # rclone starts each log line with a timestamp: noise in a message.
 _TIMESTAMP = re.compile(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ", re.MULTILINE)
+# rclone's log levels below ERROR: context, not the failure.
+_NOTICE = re.compile(r"\s*(NOTICE|INFO|DEBUG)\s*:")
 DETAIL_LENGTH = 400
 
 REASONS = (
@@ -126,10 +128,13 @@ def probe(
 
 
 def excerpt(text: str, limit: int = DETAIL_LENGTH) -> str:
-    """The start of a tool's error output as one line: timestamps dropped, lines joined,
-    whitespace squeezed, cut after ``limit`` characters (ending with ``…``). The first lines
-    say what failed; what follows (an HTML error page, a retry summary) matters less."""
-    flat = " ".join(_TIMESTAMP.sub("", text).split())
+    """The start of a tool's error output as one line: timestamps dropped, rclone's notices
+    left out when an error follows them, lines joined, whitespace squeezed, cut after
+    ``limit`` characters (ending with ``…``). The first error lines say what failed; what
+    follows (an HTML error page, a retry summary) matters less."""
+    lines = _TIMESTAMP.sub("", text).splitlines()
+    errors = [line for line in lines if not _NOTICE.match(line)]
+    flat = " ".join(" ".join(errors or lines).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 

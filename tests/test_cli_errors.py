@@ -577,3 +577,26 @@ def test_a_missing_field_is_one_required_error(
     errors = json.loads(out.getvalue())
     assert [(e["field"], e["error"]) for e in errors] == [(field, "required")], errors
     assert err.getvalue() == f"error: {field}: {field} is required\n"
+
+
+def test_a_file_system_error_no_command_caught_names_its_option() -> None:
+    """The boundary's last resort (nsbackup.cli._unexpected): an OSError that escaped a
+    command names the option whose path it is, with the exit code of docs/cli.md."""
+    import errno
+
+    from nsbackup.cli import _unexpected
+    from nsbackup.errors import PermissionDenied, ValidationFailed
+
+    args = argparse.Namespace(state_dir="/srv/gw", data='{"x": 1}', verbose=0)
+    inside = FileExistsError(errno.EEXIST, "File exists", "/srv/gw/run")
+    error = _unexpected(args, inside)
+    assert isinstance(error, ValidationFailed) and error.exit_code == 2
+    assert error.to_json()[0]["field"] == "state_dir"
+    assert str(error) == "state_dir: /srv/gw (/srv/gw/run): not a directory (File exists)"
+    elsewhere = PermissionError(errno.EACCES, "Permission denied", "/var/lib/x.lock")
+    error = _unexpected(args, elsewhere)
+    assert isinstance(error, PermissionDenied) and error.exit_code == 5
+    assert str(error) == "permission denied: /var/lib/x.lock: Permission denied"
+    full = OSError(errno.ENOSPC, "No space left on device", "/srv/gw/haproxy.cfg")
+    assert _unexpected(args, full).exit_code == 1
+    assert str(_unexpected(args, KeyError("x"))) == "internal error: KeyError (-v shows where)"

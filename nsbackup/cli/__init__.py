@@ -169,7 +169,7 @@ def _usage(exc: UsageError, json_mode: bool, out: TextIO, err: TextIO) -> int:
     return 2
 
 
-def _path_option(args: argparse.Namespace, filename: str) -> tuple[str, str] | None:
+def _path_option(args: argparse.Namespace, filename: str) -> tuple[str | None, str]:
     """The command-line option whose path ``filename`` is, or lies under."""
     target = os.path.abspath(filename)
     for option, value in vars(args).items():
@@ -178,7 +178,7 @@ def _path_option(args: argparse.Namespace, filename: str) -> tuple[str, str] | N
         given = os.path.abspath(value)
         if target == given or target.startswith(given.rstrip("/") + "/"):
             return option.replace("_", "-"), value
-    return None
+    return None, filename
 
 
 def _unexpected(args: argparse.Namespace, exc: Exception) -> NsbackupError:
@@ -187,7 +187,7 @@ def _unexpected(args: argparse.Namespace, exc: Exception) -> NsbackupError:
     belongs: 2); anything else is a bug and says so."""
     if isinstance(exc, OSError) and exc.filename is not None:
         path = os.fsdecode(exc.filename)
-        option, given = _path_option(args, path) or ("path", path)
+        option, given = _path_option(args, path)
         same = os.path.abspath(given) == os.path.abspath(path)
         return path_error(exc, option, given if same else f"{given} ({path})")
     hint = "" if args.verbose else " (-v shows where)"
@@ -208,11 +208,11 @@ def main(
 
     install_redaction(root)
     try:
-        args, extra = build_parser().parse_known_args(argv)
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
         if extra:  # reported by the command's own parser, with the command's usage line
-            getattr(args, "command_parser", build_parser()).error(
-                f"unrecognized arguments: {' '.join(extra)}"
-            )
+            command_parser = getattr(args, "command_parser", None) or parser
+            command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except UsageError as exc:
         return _usage(exc, "--json" in argv, out, err)
     root.setLevel(

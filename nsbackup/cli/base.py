@@ -205,22 +205,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], indent: str 
 # -- paths given on the command line ----------------------------------------------------------
 
 
-def path_error(exc: OSError, option: str, path: str) -> NsbackupError:
-    """The error for ``exc`` met while using ``--option path``: permission problems exit 5,
-    a path of the wrong kind (a file where a directory is needed, a missing parent) exits 2,
-    anything else (a full disk) 1."""
+def path_error(exc: OSError, option: str | None, path: str, doing: str = "") -> NsbackupError:
+    """The error for ``exc`` met while using ``path`` (given as ``--option``, when ``option``):
+    permission problems exit 5, a path of the wrong kind (a file where a directory is needed,
+    a missing parent) exits 2, anything else (a full disk) 1."""
+    where = f"--{option} {path}" if option else path
     reason = exc.strerror or type(exc).__name__
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(
-            f"permission denied: --{option} {path}: cannot write there ({reason})"
-        )
+        because = f"{doing} ({reason})" if doing else reason
+        return PermissionDenied(f"permission denied: {where}: {because}")
     if exc.errno in (errno.EEXIST, errno.ENOTDIR):
         reason = f"not a directory ({reason})"
     if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG):
-        return ValidationFailed.one(
-            option.replace("-", "_"), path, "invalid_path", f"{path}: {reason}"
-        )
-    return NsbackupError(f"--{option} {path}: {reason}")
+        field = option.replace("-", "_") if option else "path"
+        return ValidationFailed.one(field, path, "invalid_path", f"{path}: {reason}")
+    return NsbackupError(f"{where}: {reason}")
 
 
 def check_directory(option: str, path: str, kind: str = "existing") -> None:
@@ -232,23 +231,23 @@ def check_directory(option: str, path: str, kind: str = "existing") -> None:
 
     field = option.replace("-", "_")
 
-    def refuse(why: str) -> ValidationFailed:
-        return ValidationFailed.one(field, path, "invalid_path", f"{path}: {why}")
+    def refuse(message: str) -> ValidationFailed:
+        return ValidationFailed.one(field, path, "invalid_path", message)
 
     if os.path.lexists(path):
         if kind == "new":
-            raise refuse("exists already (give a new directory)")
+            raise refuse(f"--{option} needs a new directory: {path} exists already")
         if not os.path.isdir(path):
-            raise refuse("not a directory")
+            raise refuse(f"{path}: not a directory")
         where = path
     elif kind == "existing":
-        raise refuse("no such directory")
+        raise refuse(f"{path}: no such directory")
     else:
         where = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(where):
-            raise refuse(f"{where} is not an existing directory")
+            raise refuse(f"{path}: {where} is not an existing directory")
     try:
         with tempfile.TemporaryFile(dir=where):
             pass
     except OSError as exc:
-        raise path_error(exc, option, path) from None
+        raise path_error(exc, option, path, "cannot create files there") from None
