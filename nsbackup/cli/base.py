@@ -12,7 +12,6 @@ import argparse
 import errno
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
@@ -180,14 +179,14 @@ def add_data(parser: argparse.ArgumentParser) -> None:
 
 # -- what a human reads ---------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
 
 def printable(text: str, limit: int = MAX_LINE) -> str:
     """``text`` as one terminal line: control characters escaped (``\\n``, ``\\x1b``), cut
     after ``limit`` characters. Values users paste (and messages quoting them) can hold
     anything."""
-    shown = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    from nsbackup.model import CONTROL_CHARS  # on output only: keeps attrs out of --help
+
+    shown = CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
