@@ -109,11 +109,18 @@ class HaproxyCfg:
         settings = context.settings
         state_dir = settings.state_dir
         port = settings.listen.rsplit(":", 1)[1]
-        routes, backends = [], []
+        routes, backends, webdav_routes = [], [], []
         peers = context.peers
         for index, dest in enumerate(sorted(context.destinations, key=lambda d: d.id)):
             uid = hap_token(dest.id)
             tag = f"d{index}_{uid.replace('-', '')}"
+            webdav = context.sockets.destinations.get(dest.id)
+            if webdav is not None:
+                # WebDAV of a served destination: its own rclone server.
+                webdav_routes.append(f"    acl dav_{tag} path /{uid}")
+                webdav_routes.append(f"    acl dav_{tag} path_beg /{uid}/")
+                webdav_routes.append(f"    use_backend dav_{tag} if dav_{tag}")
+                backends.append(f"\nbackend dav_{tag}\n    server dav unix@{hap_token(webdav)}\n")
             if dest.local and dest.kind == "local":
                 routes.append(f"    # {uid} is served by the local rclone")
                 continue
@@ -164,12 +171,39 @@ class HaproxyCfg:
             "SOCKET_RESTIC_APPEND": hap_token(context.sockets.restic_append),
             "SOCKET_WEBDAV": hap_token(context.sockets.webdav),
             "ROUTES": "\n".join(routes),
+            "WEBDAV_ROUTES": "".join(f"{line}\n" for line in webdav_routes),
+            "ACCESS_LOG": access_log(context),
             "BACKENDS": "".join(backends),
         }
         text = TEMPLATE
         for key, value in values.items():
             text = text.replace(f"#{{{key}}}#", value)
         return text
+
+
+ACCESS_LOG_FORMAT = (
+    "%Ts.%ms %ci:%cp x%[var(txn.user),hex] x%[var(txn.log_method),hex] "
+    "x%[var(txn.log_path),hex] %ST %B %U %Ta %b"
+)
+"""What HAProxy sends ``gateway serve`` per request (nsbackup.gateway.access reads it): the
+user, method and path hex-encoded (any byte can be in a user name), the path without its
+query. Never a credential: not the Authorization header, not the request target."""
+
+
+def access_log(context: RenderContext) -> str:
+    """The frontend lines of the access log, when it is on (``gateway serve --access-log``)."""
+    settings = context.settings
+    if not settings.access_log:
+        return ""
+    return (
+        "    # Access log (gateway serve --access-log): a datagram per request to gateway serve.\n"
+        f"    log unix@{hap_token(settings.access_socket)} len 8192 format raw local0 info\n"
+        f'    log-format "{ACCESS_LOG_FORMAT}"\n'
+        # ",upper": a method HAProxy does not know (PROPFIND) kept in a variable as a method
+        # would come back as another one.
+        "    http-request set-var(txn.log_method) method,upper\n"
+        "    http-request set-var(txn.log_path) path\n"
+    )
 
 
 TEMPLATE = (files("nsbackup_plugins") / "templates" / "haproxy.cfg").read_text(encoding="utf-8")

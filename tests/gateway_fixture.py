@@ -63,8 +63,14 @@ class GatewayProcess:
         base: Path,
         *,
         listen_ip: str | None = None,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+        verbose: str = "-v",
     ) -> None:
         self.redis = redis_server
+        self.args = args
+        self.extra_env = env or {}
+        self.verbose = verbose
         self.node = node
         self.ip = listen_ip or NODE_IPS[node]
         self.port = port
@@ -83,11 +89,12 @@ class GatewayProcess:
         env.update(
             {"REDIS_USER": f"node/{self.node}", "REDIS_PASSWORD": PASSWORDS[f"node/{self.node}"]}
         )
+        env.update(self.extra_env)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
                 NSBACKUP,
-                "-v",
+                *([self.verbose] if self.verbose else []),
                 "--redis",
                 f"redis://{self.redis.host}:{self.redis.port}/0",
                 "--node",
@@ -100,6 +107,7 @@ class GatewayProcess:
                 f"{self.ip}:{self.port}",
                 "--repo-dir",
                 str(self.repo_dir),
+                *self.args,
             ],
             env=env,
             stdout=log,
@@ -118,10 +126,12 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited {self.proc.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/", timeout=2).status_code == 401:
-                    return
+                answered = requests.get(self.url + "/", timeout=2).status_code == 401
             except requests.RequestException:
-                pass
+                answered = False
+            # HAProxy answers a moment before serve logs that it started
+            if answered and f"gateway of node {self.node} started" in self.log(None):
+                return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"gateway did not come up:\n{self.log()}")
             time.sleep(0.1)

@@ -88,7 +88,7 @@ def check_private(gw: GatewayProcess) -> None:
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
     assert stat.S_IMODE(run.stat().st_mode) == 0o700
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in state.iterdir() if p.is_file()}
-    assert modes == dict.fromkeys(GATEWAY_FILES, 0o600)
+    assert modes == dict.fromkeys(GATEWAY_FILES | {"status.json"}, 0o600)
     kinds = {stat.S_IFMT(p.lstat().st_mode) for p in run.rglob("*")}
     assert {stat.S_IFSOCK, stat.S_IFDIR, stat.S_IFREG} <= kinds  # sockets, g<n>/, pid file
     assert not_private(state) == []

@@ -401,3 +401,7 @@ def test_keeps_serving_while_redis_is_away_and_catches_up(host: PluginHost, tmp_
                 what="the gateway to resubscribe and load the new user",
             )
             assert gw.proc is not None and gw.proc.poll() is None
+            log = gw.log(None)
+            assert log.count("WARNING Redis lost (") == 1, log  # said once, not every 2 s
+            assert "INFO Redis reconnected after " in log
+            assert "maps reloaded (subscribed): users added: module/late1" in log

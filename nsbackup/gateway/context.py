@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import attrs
@@ -25,6 +26,31 @@ RESERVED_FILES = 256
 """File descriptors HAProxy needs besides its connections (listeners, checks, CLI)."""
 # Longest socket name used below is "g<generation>-restic-append.sock" (< 32 bytes).
 MAX_SOCKET_DIR = 97 - 32
+
+
+LISTEN_HELP = "--listen must be ADDR:PORT with a port 1-65535"
+_LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<v4>[0-9.]+)):(?P<port>[0-9]{1,5})")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``ADDR:PORT`` (an IPv4 address, or an IPv6 one in brackets) as ``(address, port)``;
+    :class:`~nsbackup.errors.ValidationFailed` (field ``listen``) otherwise."""
+    m = _LISTEN.fullmatch(listen)
+    if m is not None and 1 <= int(m.group("port")) <= 65535:
+        address = m.group("v6") or m.group("v4")
+        try:
+            if ipaddress.ip_address(address).version == (6 if m.group("v6") else 4):
+                return address, int(m.group("port"))
+        except ValueError:
+            pass
+    from nsbackup.errors import ValidationFailed
+
+    raise ValidationFailed.one(
+        "listen",
+        listen[:100],
+        "invalid_listen",
+        f"{LISTEN_HELP} (ADDR an IPv4 address or [IPv6]), not {listen[:100]!r}",
+    )
 
 
 def choose_run_dir(
@@ -64,6 +90,11 @@ class Sockets:
     restic_append: str
     """The append-only restic REST server (modules)."""
     webdav: str
+    """The WebDAV server over the combined remote: ``/`` and what no destination serves."""
+    destinations: Mapping[str, str] = attrs.field(factory=dict)
+    """Destination id -> the socket of its own WebDAV server. One server per destination: a
+    request waiting on a backend that does not answer holds rclone's directory locks, and in a
+    WebDAV server shared by every destination it would stall all of them."""
 
 
 @attrs.frozen
@@ -73,6 +104,8 @@ class GatewaySettings:
     repo_dir: str = "/var/lib/nsbackup/repo"
     maxconn: int = MAXCONN
     """HAProxy's connection slots; ``gateway serve`` lowers it to what the file limit allows."""
+    access_log: bool = False
+    """HAProxy sends one line per request to :attr:`access_socket`."""
 
     @property
     def run_dir(self) -> Path:
@@ -87,13 +120,29 @@ class GatewaySettings:
             uid=os.geteuid(),
         )
 
-    def sockets(self, generation: int) -> Sockets:
+    def sockets(self, generation: int, served: Iterable[str] = ()) -> Sockets:
+        """The sockets of ``generation``, with a WebDAV socket for each destination id in
+        ``served`` (numbered in id order)."""
         run = self.run_dir
         return Sockets(
             restic=str(run / f"g{generation}-restic.sock"),
             restic_append=str(run / f"g{generation}-restic-append.sock"),
             webdav=str(run / f"g{generation}-webdav.sock"),
+            destinations={
+                uid: str(run / f"g{generation}-dav{index}.sock")
+                for index, uid in enumerate(sorted(served))
+            },
         )
+
+    @property
+    def access_socket(self) -> str:
+        """The datagram socket HAProxy sends its access log to (read by ``gateway serve``)."""
+        return str(self.run_dir / "access.sock")
+
+    @property
+    def status_file(self) -> Path:
+        """What ``gateway status`` reads: written by the running ``gateway serve``."""
+        return self.state_dir / "status.json"
 
     @property
     def admin_socket(self) -> str:

@@ -12,7 +12,7 @@ import os
 import stat
 from pathlib import Path
 
-from nsbackup.errors import NsbackupError
+from nsbackup.errors import NsbackupError, PermissionDenied, ValidationFailed
 from nsbackup.gateway.context import MAX_SOCKET_DIR
 
 PRIVATE = 0o700
@@ -20,18 +20,38 @@ PRIVATE = 0o700
 
 def ensure_state_dir(path: Path) -> None:
     """Create the state directory (mode 0700) or make an existing one private. One that
-    belongs to another user is refused: whoever can write haproxy.cfg controls HAProxy."""
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE)
+    belongs to another user is refused: whoever can write haproxy.cfg controls HAProxy; one
+    that is not a directory or cannot be written, as :func:`check_directory` says."""
+    check_directory(path, "state_dir")
     info = path.stat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise NsbackupError(f"gateway state directory {path} is not a directory")
     if info.st_uid != os.geteuid():
-        raise NsbackupError(
+        raise PermissionDenied(
             f"gateway state directory {path} belongs to uid {info.st_uid}, not to this "
             f"process (uid {os.geteuid()}): refusing to use it"
         )
     if stat.S_IMODE(info.st_mode) != PRIVATE:
         os.chmod(path, PRIVATE)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise PermissionDenied(f"gateway state directory {path} cannot be written")
+
+
+def check_directory(directory: Path, field: str) -> None:
+    """Create ``directory`` (mode 0700) when missing; refuse a path that is not a directory
+    (:class:`~nsbackup.errors.ValidationFailed`, exit 2) or that cannot be created
+    (:class:`~nsbackup.errors.PermissionDenied`, exit 5), naming the path."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except (FileExistsError, NotADirectoryError):
+        pass  # reported below
+    except OSError as exc:
+        raise PermissionDenied(f"cannot create {directory}: {exc.strerror or exc}") from None
+    if not directory.is_dir():
+        raise ValidationFailed.one(
+            field,
+            str(directory),
+            "invalid_path",
+            f"{directory} is not a directory (--{field.replace('_', '-')})",
+        )
 
 
 def ensure_run_dir(path: Path) -> None:

@@ -12,8 +12,9 @@ import attrs
 
 from nsbackup import ini
 from nsbackup.destinations import prepare, stored_destination
-from nsbackup.errors import NsbackupError, PluginError
+from nsbackup.errors import NsbackupError, PermissionDenied, PluginError
 from nsbackup.gateway.context import GatewayDestination, GatewaySettings, RenderContext
+from nsbackup.gateway.dirs import check_directory
 from nsbackup.model import ClusterState, DestinationRequest
 from nsbackup.plugins import PluginHost
 
@@ -98,8 +99,9 @@ def build_context(
     dropped: frozenset[str] = frozenset(),
 ) -> tuple[RenderContext, tuple[Problem, ...]]:
     destinations, problems = gateway_destinations(state, host, node_id, settings.repo_dir)
+    served = [d.id for d in destinations if d.local and d.id not in dropped]
     context = RenderContext(
-        state, node_id, settings, destinations, settings.sockets(generation), dropped
+        state, node_id, settings, destinations, settings.sockets(generation, served), dropped
     )
     return context, problems
 
@@ -131,22 +133,36 @@ destination credentials, and nothing else needs to be read by another user (HAPr
 run as the gateway's user)."""
 
 
-def write_files(directory: Path, files: Mapping[str, tuple[str, bool]]) -> list[str]:
+def write_files(
+    directory: Path, files: Mapping[str, tuple[str, bool]], field: str = "out"
+) -> list[str]:
     """Write each file atomically (temp + fsync + rename) with mode 0600, secret or not. A
     missing ``directory`` is created with mode 0700 (an existing one keeps its mode). A file
-    whose content and mode did not change is not rewritten. Return the changed names."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    whose content and mode did not change is not rewritten. Return the changed names.
+
+    A ``directory`` that is not one raises :class:`~nsbackup.errors.ValidationFailed` (field
+    ``field``, ``invalid_path``); one that cannot be written,
+    :class:`~nsbackup.errors.PermissionDenied`."""
+    check_directory(directory, field)
     changed = []
-    for name, (text, _secret) in sorted(files.items()):
-        path = directory / name
-        mode = FILE_MODE
-        try:
-            if path.read_text(encoding="utf-8") == text and (path.stat().st_mode & 0o777) == mode:
-                continue
-        except OSError:
-            pass
-        write_atomic(path, text, mode)
-        changed.append(name)
+    try:
+        for name, (text, _secret) in sorted(files.items()):
+            path = directory / name
+            mode = FILE_MODE
+            try:
+                if (
+                    path.read_text(encoding="utf-8") == text
+                    and (path.stat().st_mode & 0o777) == mode
+                ):
+                    continue
+            except OSError:
+                pass
+            write_atomic(path, text, mode)
+            changed.append(name)
+    except OSError as exc:
+        raise PermissionDenied(
+            f"cannot write the gateway files into {directory}: {exc.strerror or exc}"
+        ) from None
     return changed
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nsbackup.errors import NotFound, ValidationFailed
-from nsbackup.gateway.context import PORT, GatewaySettings
+from nsbackup.gateway.context import PORT, GatewaySettings, parse_listen
 from nsbackup.model import ClusterState, FieldError
 from nsbackup.plugins import PluginHost
 from nsbackup.results import GatewayRendered
@@ -71,12 +71,15 @@ class GatewayService:
         """Write this node's gateway files into ``out_dir`` (atomically; unchanged files are
         left alone). Destinations that cannot be served are left out and listed in
         ``skipped``; the others are written."""
+        from nsbackup.gateway.dirs import check_directory
         from nsbackup.gateway.render import build_context, render_files, write_files
 
         node = self._node()
+        parse_listen(listen)
         settings = GatewaySettings(
             Path(out_dir).resolve(), listen=listen, repo_dir=repo_dir or self.repo_dir
         )
+        check_directory(settings.state_dir, "out")  # before Redis: a bad --out is said first
         state = self.store.load(details=False)
         self._check_cluster(state, node)
         context, problems = build_context(state, self.host, node, settings)
@@ -93,14 +96,34 @@ class GatewayService:
         *,
         listen: str = DEFAULT_LISTEN,
         repo_dir: str | None = None,
+        access_log: str | None = None,
     ) -> Gateway:
         """A gateway for this node, not started yet: call ``start()``, ``serve_forever()``
-        (until ``request_stop()``, e.g. from a signal handler) and ``stop()``."""
+        (until ``request_stop()``, e.g. from a signal handler) and ``stop()``.
+        ``access_log``: a file the gateway appends a line per request to, or ``-`` for
+        standard output. ``listen`` is checked here (``ValidationFailed``, field ``listen``)."""
         from nsbackup.gateway.serve import Gateway
 
+        node = self._node()
+        parse_listen(listen)
         settings = GatewaySettings(
             Path(state_dir).resolve(),
             listen=listen,
             repo_dir=str(Path(repo_dir or self.repo_dir).resolve()),
+            access_log=access_log is not None,
         )
-        return Gateway(self.store, self.host, self._node(), settings)
+        if access_log not in (None, "-"):
+            access_log = str(Path(access_log).resolve())
+        return Gateway(self.store, self.host, node, settings, access_log=access_log)
+
+    def status(self, state_dir: str | Path) -> dict[str, Any]:
+        """What the gateway serving ``state_dir`` is doing, read from its status file and its
+        sockets (no Redis needed): ``{"pid", "node_id", "listen", "state", "started",
+        "generation": {"number", "served", ...}, "dropped": [{"id", "reason"}], "skipped",
+        "haproxy", "rclone", "redis": {"connected", "user", "mode", "since"}, "reloads",
+        "access_log", "updated", "live": {"haproxy": {"up", "connections", "workers",
+        "old_workers"}, "rclone": {"up"}, "healthy"}}``. ``Unreachable`` (exit 5) when no
+        gateway runs for ``state_dir``."""
+        from nsbackup.gateway.status import read_status
+
+        return read_status(Path(state_dir).resolve())
