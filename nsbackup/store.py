@@ -158,6 +158,9 @@ def map_redis_error(exc: BaseException, user: str, what: str = "") -> NsbackupEr
         return PermissionDenied(
             f"Redis authentication failed for user {user!r}: {_first_line(exc)}"
         )
+    if isinstance(exc, redis.exceptions.InvalidResponse):
+        # Something answers on the port, but not in RESP: an HTTP server, a typo in the port.
+        return Unreachable(f"not a Redis server{doing}: {_first_line(exc)}")
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
         return Unreachable(f"Redis unreachable{doing}: {_first_line(exc)}")
     if isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):

@@ -388,7 +388,7 @@ def test_redis_failures_reach_the_caller_as_nsbackup_errors(
     base = f"{ns8_redis.host}:{ns8_redis.port}"
     cases: list[tuple[str, type[NsbackupError]]] = [
         (f"redis://127.0.0.1:{free_port()}/0", Unreachable),
-        (f"redis://127.0.0.1:{not_redis}/0", NsbackupError),
+        (f"redis://127.0.0.1:{not_redis}/0", Unreachable),
         (f"redis://cluster:wrong@{base}/0", PermissionDenied),
         (f"redis://nobody:pw@{base}/0", PermissionDenied),
         (f"redis://cluster:{ns8_redis.admin_password}@{base}/99", Unreachable),

@@ -208,16 +208,7 @@ def rows() -> list[Row]:
         Row("backup run", "jobs", ("1", "--jobs", "0"), 2, "jobs", user="node/1"),
         *redis_rows("backup run", "1", user="node/1"),
         *path_rows("backup run", "--modules-dir", "1", user="node/1", unwritable="/sys"),
-        *[
-            dataclasses.replace(
-                row,
-                gap="an unknown field is ignored and the gateway asked "
-                "(nsbackup/runs/listings.py: not this change's to fix)",
-            )
-            if row.kind == "unknown_field"
-            else row
-            for row in data("backup snapshots", REPO, typed="path", text="path", ours=False)
-        ],
+        *data("backup snapshots", REPO, typed="path", text="path", ours=False),
         *redis_rows("backup snapshots", "--data", json.dumps(REPO), user="node/1"),
         Row("backup check", "argument", ("x1",), 2, "", "usage"),
         *redis_rows("backup check", "1", user="node/1"),
@@ -513,15 +504,7 @@ class _Http(threading.Thread):
         ("redis://127.0.0.1:99999/0", 2, "Port out of range"),
         ("redis://{redis}/99", 5, "DB index is out of range"),
         ("redis://127.0.0.1:{dead}/0", 5, "Connection refused"),
-        pytest.param(
-            "redis://127.0.0.1:{port}/0",
-            5,
-            "not a Redis server",
-            marks=pytest.mark.skip(
-                "a port that is not Redis is 'Redis error: Protocol error' exit 1 "
-                "(nsbackup/store.py map_redis_error: not this change's to fix)"
-            ),
-        ),
+        ("redis://127.0.0.1:{port}/0", 5, "not a Redis server"),
     ],
     ids=["http-scheme", "bad-port", "no-such-db", "nobody-listens", "not-redis"],
 )

@@ -200,6 +200,10 @@ def test_bad_snapshot_requests_exit_2_naming_the_field(world: World) -> None:
         ({"repository": dest, "path": f"mail/{uid}/../../nextcloud"}, [("path", "pattern")]),
         ({"repository": dest, "path": f"mail/{uid}/"}, [("path", "pattern")]),
         ({"repository": dest, "path": "mail"}, [("path", "pattern")]),
+        (
+            {"repository": dest, "path": f"mail/{uid}", "snapshot": ""},
+            [("snapshot", "additionalProperties")],
+        ),
         ({"repository": dest, "path": f"mail/{uid.upper()}"}, [("path", "pattern")]),
         ({"repository": dest, "path": f"mail/{uid}\n"}, [("path", "pattern")]),
         (

@@ -254,6 +254,18 @@ def test_grant_commands_take_effect_at_the_gateway_within_a_second(world: RunWor
         "--json", "restore", "revoke", request["module_uuid"], user="cluster"
     )
     assert code == 2 and out[0]["error"] == "grant_not_found"
+    # bad requests name the field and write nothing
+    for bad, expected in [
+        ({}, [("module_uuid", "required"), ("source_uuid", "required")]),
+        ({**request, "module_uuid": 7}, [("module_uuid", "type")]),
+        ({**request, "source_uuid": "x"}, [("source_uuid", "pattern")]),
+        ({**request, "extra": 1}, [("extra", "additionalProperties")]),
+    ]:
+        code, out, err = world.nsbackup(
+            "--json", "restore", "grant", "--data", json.dumps(bad), user="cluster"
+        )
+        assert code == 2 and [(e["field"], e["error"]) for e in out] == expected, (bad, out)
+    assert grants(world) == {}
     # only the cluster may grant: a node may not
     code, out, err = world.nsbackup("--json", "restore", "grant", "--data", json.dumps(request))
     assert code == 5 and out["error"] == "permission_denied", err

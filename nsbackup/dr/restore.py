@@ -33,6 +33,12 @@ SNAPSHOT = re.compile(r"[0-9a-f]{8,64}")
 PROGRESS_PREFIX = "nsbackup-progress "
 
 
+def _unknown(key: object) -> FieldError:
+    return FieldError(
+        str(key), str(key), None, "additionalProperties", f"unknown field {str(key)[:64]!r}"
+    )
+
+
 @attrs.frozen
 class RestoreRequest:
     """``{"repository","path","snapshot"}`` (+ ``module`` on the node side), checked."""
@@ -56,11 +62,7 @@ class RestoreRequest:
         if not isinstance(payload, Mapping):
             raise ValidationFailed.one("", None, "type", "the request must be a JSON object")
         known = {"repository", "path", "snapshot"} | ({"module"} if with_module else set())
-        errors = [
-            FieldError(str(k), str(k), None, "additionalProperties", f"unknown field {k!r}")
-            for k in payload
-            if k not in known
-        ]
+        errors = [_unknown(k) for k in payload if k not in known]
         values: dict[str, str] = {}
         for key in sorted(known):
             value = payload.get(key, "" if key == "snapshot" else None)
@@ -123,16 +125,19 @@ class RestoreService:
         ``{"module_uuid","source_uuid"}``. The module must exist."""
         if not isinstance(payload, Mapping):
             raise ValidationFailed.one("", None, "type", "the request must be a JSON object")
-        errors = [
-            FieldError(str(k), str(k), None, "additionalProperties", f"unknown field {k!r}")
-            for k in payload
-            if k not in ("module_uuid", "source_uuid")
-        ]
+        errors = [_unknown(k) for k in payload if k not in ("module_uuid", "source_uuid")]
         for key in ("module_uuid", "source_uuid"):
             value = payload.get(key)
-            if not isinstance(value, str) or not UUID.fullmatch(value):
-                shown = value[:80] if isinstance(value, str) else None
-                errors.append(FieldError(key, key, shown, "pattern", f"{key} must be a UUID"))
+            if value is None:
+                errors.append(FieldError(key, key, None, "required", f"{key} is required"))
+            elif not isinstance(value, str):
+                errors.append(
+                    FieldError(
+                        key, key, repr(value)[:80], "type", f"{key} must be a string (a UUID)"
+                    )
+                )
+            elif not UUID.fullmatch(value):
+                errors.append(FieldError(key, key, value[:80], "pattern", f"{key} must be a UUID"))
         if errors:
             raise ValidationFailed(errors)
         module_uuid, source_uuid = payload["module_uuid"], payload["source_uuid"]

@@ -214,7 +214,17 @@ def _snapshot_request(payload: Any) -> tuple[str, str]:
         raise ValidationFailed(
             [FieldError("", "", None, "type", "the request must be a JSON object")]
         )
-    errors: list[FieldError] = []
+    errors = [
+        FieldError(
+            str(k),
+            str(k),
+            None,
+            "additionalProperties",
+            f"unknown field {str(k)[:64]!r}; expected ['path', 'repository']",
+        )
+        for k in payload
+        if k not in ("repository", "path")
+    ]
     values: dict[str, str] = {}
     for key in ("repository", "path"):
         value = payload.get(key)
