@@ -100,15 +100,23 @@ class RunService:
         the enabled ids."""
         state = state or self.store.load(details=False)
         enabled = sorted(bid for bid, s in state.schedules.items() if s.enabled)
+        self._to_sinks("purge", enabled)
+        return enabled
+
+    def _to_sinks(self, method: str, argument: Any) -> dict[str, str]:
+        """Call ``method`` of every metric sink that has it; a sink never fails the run.
+        Return ``{sink name: error}`` for those that raised."""
+        failures: dict[str, str] = {}
         for sink in self.sinks():
-            purge = getattr(sink, "purge", None)
-            if not callable(purge):
+            call = getattr(sink, method, None)
+            if not callable(call):
                 continue
             try:
-                purge(enabled)
+                call(argument)
             except Exception as exc:
-                log.warning("metric sink %s could not purge: %s", sink.name, exc)
-        return enabled
+                log.warning("metric sink %s failed to %s: %s", sink.name, method, exc)
+                failures[sink.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return failures
 
     # -- listings (nsbackup.runs.listings) ------------------------------------------------
     def snapshots(self, payload: Any) -> list[dict[str, Any]]:
@@ -380,13 +388,7 @@ class RunService:
 
     def _publish(self, report: RunReport) -> RunReport:
         """Give the report to every metric sink, then to ``nsbackup_after_run``."""
-        failures: dict[str, str] = {}
-        for sink in self.sinks():
-            try:
-                sink.record(report)
-            except Exception as exc:  # a sink never fails the run
-                log.warning("metric sink %s failed: %s", sink.name, exc)
-                failures[sink.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        failures = self._to_sinks("record", report)
         if failures:
             report = attrs.evolve(report, sink_failures=failures)
         for impl in self.host.pm.hook.nsbackup_after_run.get_hookimpls():
@@ -455,16 +457,7 @@ class RunService:
             end=time.time(),
             repositories=tuple(checks),
         )
-        failures: dict[str, str] = {}
-        for sink in self.sinks():
-            record_check = getattr(sink, "record_check", None)
-            if not callable(record_check):
-                continue
-            try:
-                record_check(report)
-            except Exception as exc:
-                log.warning("metric sink %s failed: %s", sink.name, exc)
-                failures[sink.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        failures = self._to_sinks("record_check", report)
         if failures:
             report = attrs.evolve(report, sink_failures=failures)
         return report.to_json()
