@@ -35,23 +35,30 @@ def ensure_state_dir(path: Path) -> None:
         raise PermissionDenied(f"gateway state directory {path} cannot be written")
 
 
-def check_directory(directory: Path, field: str) -> None:
-    """Create ``directory`` (mode 0700) when missing; refuse a path that is not a directory
-    (:class:`~nsbackup.errors.ValidationFailed`, exit 2) or that cannot be created
-    (:class:`~nsbackup.errors.PermissionDenied`, exit 5), naming the path."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except (FileExistsError, NotADirectoryError):
-        pass  # reported below
-    except OSError as exc:
-        raise PermissionDenied(f"cannot create {directory}: {exc.strerror or exc}") from None
-    if not directory.is_dir():
-        raise ValidationFailed.one(
-            field,
-            str(directory),
-            "invalid_path",
-            f"{directory} is not a directory (--{field.replace('_', '-')})",
-        )
+def check_directory(directory: Path, field: str, *, create: bool = True) -> None:
+    """Create ``directory`` (mode 0700) when missing (with ``create``); refuse a path that is
+    not a directory (:class:`~nsbackup.errors.ValidationFailed`, exit 2) or that cannot be
+    created (:class:`~nsbackup.errors.PermissionDenied`, exit 5), naming the path. Without
+    ``create`` nothing is made: a missing directory only needs an ancestor that is one."""
+    if not create:
+        existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+        if existing is None or existing.is_dir():
+            return
+    else:
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except (FileExistsError, NotADirectoryError):
+            pass  # reported below
+        except OSError as exc:
+            raise PermissionDenied(f"cannot create {directory}: {exc.strerror or exc}") from None
+        if directory.is_dir():
+            return
+    raise ValidationFailed.one(
+        field,
+        str(directory),
+        "invalid_path",
+        f"{directory} is not a directory (--{field.replace('_', '-')})",
+    )
 
 
 def ensure_run_dir(path: Path) -> None:

@@ -79,7 +79,8 @@ class GatewayService:
         settings = GatewaySettings(
             Path(out_dir).resolve(), listen=listen, repo_dir=repo_dir or self.repo_dir
         )
-        check_directory(settings.state_dir, "out")  # before Redis: a bad --out is said first
+        # Before Redis: a bad --out is said first; nothing is made until the files are written.
+        check_directory(settings.state_dir, "out", create=False)
         state = self.store.load(details=False)
         self._check_cluster(state, node)
         context, problems = build_context(state, self.host, node, settings)
