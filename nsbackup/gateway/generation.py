@@ -171,7 +171,7 @@ class Generation:
             )
         except OSError as exc:
             raise Unreachable(f"rclone rcd cannot be started: {exc.strerror or exc}") from None
-        _relay(self.proc.stdout, f"rclone g{self.number}", relay_rclone)
+        relay_output(self.proc.stdout, f"rclone g{self.number}", relay_rclone)
         wait_for(self._rc_ready, RC_READY, "rclone rcd", stop)
         if not fs:
             return
@@ -331,7 +331,7 @@ def _first_line(message: str) -> str:
     return message.splitlines()[0][:300] if message else "unknown error"
 
 
-def _relay(
+def relay_output(
     stream: IO[bytes] | None, source: str, relay: Callable[[str, str], None]
 ) -> threading.Thread | None:
     """Read a child's output line by line in a daemon thread and hand each to ``relay``."""

@@ -66,9 +66,9 @@ from nsbackup.gateway.generation import (
     DestinationsFailed,
     Generation,
     Stopped,
-    _relay,
     child_setup,
     describe_exit,
+    relay_output,
     wait_for,
 )
 from nsbackup.gateway.logs import HaproxyRelay, describe
@@ -334,7 +334,7 @@ class Gateway:
             )
         except OSError as exc:
             raise Unreachable(f"haproxy cannot be started: {exc.strerror or exc}") from None
-        self._haproxy_output = _relay(self.haproxy.stdout, "haproxy", self._relay)
+        self._haproxy_output = relay_output(self.haproxy.stdout, "haproxy", self._relay)
         wait_for(self._haproxy_ready, HAPROXY_READY, "haproxy", self._stop)
 
     def _haproxy_ready(self) -> bool:
