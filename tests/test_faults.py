@@ -42,8 +42,6 @@ RUN_BOUND = 90.0
 HEALTH_CHECK_BOUND = 30.0
 """The run's health check of the destination (nsbackup.runs.node: 30 s to answer)."""
 
-needs_healing = pytest.mark.xfail(strict=True, reason="needs the self-healing gateway")
-
 
 @pytest.fixture(scope="module")
 def world(
@@ -226,21 +224,18 @@ def kill_during_a_run(world: RunWorld, tag: str, pick: Callable[[GatewayProcesse
     check_clean(world, *mids)
 
 
-@needs_healing
 def test_rclone_killed_during_a_run_ends_it_cleanly_and_the_next_run_is_sound(
     world: RunWorld,
 ) -> None:
     kill_during_a_run(world, "rcd", lambda p: p.rclone[0])
 
 
-@needs_healing
 def test_an_haproxy_worker_killed_during_a_run_ends_it_cleanly_and_the_next_run_is_sound(
     world: RunWorld,
 ) -> None:
     kill_during_a_run(world, "worker", lambda p: p.haproxy_workers[0])
 
 
-@needs_healing
 def test_the_haproxy_master_killed_during_a_run_ends_it_cleanly_and_the_next_run_is_sound(
     world: RunWorld,
 ) -> None:
