@@ -22,12 +22,10 @@ cheap for commands that never write metrics.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +35,7 @@ import attrs
 from nsbackup import hookimpl
 from nsbackup.api import DEFAULT_METRICS_DIR
 from nsbackup.errors import NsbackupError
+from nsbackup.files import write_atomic
 from nsbackup.plugins import MetricSink
 
 if TYPE_CHECKING:
@@ -224,35 +223,9 @@ def previous_success(path: Path) -> float:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` at once: readers see the old file or the new one, never a
     part. The temporary file is hidden and does not end in ``.prom`` (node_exporter reads only
-    ``*.prom``), and it is removed when anything fails."""
+    ``*.prom``), and it is removed when anything fails; the rename is durable (ref §5.5)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), FILE_MODE)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the rename itself durable (the directory survives reboots, ref §5.5)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(path, data, FILE_MODE)
 
 
 def _remove(path: Path) -> bool:

@@ -46,6 +46,7 @@ import attrs
 from nsbackup import ini
 from nsbackup.dr import gpg
 from nsbackup.errors import NsbackupError, PermissionDenied, ValidationFailed
+from nsbackup.files import sync_directory, write_atomic
 from nsbackup.model import (
     CONTROL_CHARS,
     ClusterState,
@@ -631,11 +632,7 @@ def _write_encrypted(target: Path, plaintext: bytes, passphrase: str) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, target)
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        sync_directory(target.parent)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
         raise _os_error(exc, target) from None
@@ -731,13 +728,4 @@ def _recorded(path: Path) -> dict[str, Any] | None:
 
 def _record(path: Path, data: Mapping[str, Any]) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(dict(data), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(dict(data)))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import attrs
 from nsbackup import ini
 from nsbackup.destinations import prepare, stored_destination
 from nsbackup.errors import NsbackupError, PermissionDenied, PluginError
+from nsbackup.files import write_atomic
 from nsbackup.gateway.context import GatewayDestination, GatewaySettings, RenderContext
 from nsbackup.gateway.dirs import check_directory
 from nsbackup.model import ClusterState, DestinationRequest
@@ -164,22 +163,3 @@ def write_files(
             f"cannot write the gateway files into {directory}: {exc.strerror or exc}"
         ) from None
     return changed
-
-
-def write_atomic(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from nsbackup.errors import Unreachable, ValidationFailed
+from nsbackup.files import write_atomic
 from nsbackup.gateway.rc import RcError, haproxy_command, rc_call
-from nsbackup.gateway.render import FILE_MODE, write_atomic
+from nsbackup.gateway.render import FILE_MODE
 
 STATUS_FILE = "status.json"
 STATUS_VERSION = 1

@@ -47,6 +47,7 @@ import attrs
 
 from nsbackup.errors import NsbackupError, ValidationFailed
 from nsbackup.events import SUBSCRIBE_TIMEOUT
+from nsbackup.files import write_atomic
 from nsbackup.model import ClusterState
 from nsbackup.runs.calendar import next_elapse, systemd_analyze
 from nsbackup.runs.command import (
@@ -394,13 +395,10 @@ class Scheduler:
 
     def _write_stamp(self, bid: int, moment: float) -> None:
         path = self._stamp(bid)
-        tmp = path.with_name(f".{path.name}-{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp.write_text(f"{moment:.6f}\n", encoding="ascii")
-            os.replace(tmp, path)
+            write_atomic(path, f"{moment:.6f}\n")
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             if not self._stamps_warned:
                 log.warning(
                     "cannot keep the time of the last runs in %s (%s): runs missed while the "

@@ -24,12 +24,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nsbackup.errors import NsbackupError, Unreachable
+from nsbackup.files import write_atomic
 from nsbackup.runs.command import (
     DEFAULT_JOBS,
     DEFAULT_WAIT,
@@ -308,16 +308,7 @@ class TimerService:
         directory = Path(self.cluster.settings.state_dir)
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = directory / "timers.env"
-        fd, tmp = tempfile.mkstemp(prefix=".timers.env-", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, text)
         return str(path)
 
     # -- list -----------------------------------------------------------------------------
