@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests import ns8_acl
 from tests.cluster_seed import module_uuid
 from tests.redis_server import RedisServer
 from tests.run_world import RunWorld
+from tests.servers import RcloneWebdavServer
 
 MODULES = {"mail1": "1", "dokuwiki1": "1"}
 
@@ -92,3 +94,46 @@ def test_backup_check_listings_and_restore_under_ns8_acl_lines(world: RunWorld) 
     assert restored.read_bytes() == original.read_bytes()
     assert client.hgetall("private/nodes/restore_uuid") == {}
     client.close()
+
+
+def test_destinations_added_and_removed_by_the_cluster_reach_the_gateway(
+    world: RunWorld, tmp_path: Path
+) -> None:
+    with RcloneWebdavServer(tmp_path / "dav", "davuser", "dav-pw") as dav:
+        request = {
+            "provider": "webdav",
+            "name": "Offsite",
+            "url": f"webdav:{dav.url.rstrip('/')}/ns8",
+            "parameters": {
+                "webdav_user": "davuser",
+                "webdav_pass": "dav-pw",
+                "webdav_vendor": "rclone",
+            },
+        }
+        code, added, err = world.nsbackup(
+            "--json", "destination", "add", "--data", json.dumps(request), user="cluster"
+        )
+        assert code == 0, err
+        uid = added["id"]
+        assert world.gateway is not None
+        probe = f"{world.gateway.url}/{uid}/_probe_rest_404"
+        started = time.monotonic()
+        while requests.get(probe, timeout=5).status_code != 404:
+            assert time.monotonic() - started < 5, "the gateway did not follow destination-changed"
+            time.sleep(0.05)
+
+        bid = world.add_schedule(["mail1"], repository=uid)
+        code, report, err = world.run(bid)  # node/1 and module/mail1, through the new backend
+        assert code == 0, (report, err)
+        code, repositories, err = world.nsbackup("--json", "destination", "repositories")
+        assert code == 0, err
+        assert (uid, module_uuid("mail1")) in {
+            (r["repository_id"], r["uuid"]) for r in repositories
+        }
+
+        code, removed, err = world.nsbackup("--json", "destination", "remove", uid, user="cluster")
+        assert code == 0 and removed["removed_backups"] == [bid], (removed, err)
+        started = time.monotonic()
+        while requests.get(probe, timeout=5).status_code == 404:
+            assert time.monotonic() - started < 5, "the gateway still serves a removed destination"
+            time.sleep(0.05)
