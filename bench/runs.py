@@ -5,15 +5,19 @@ module directories of mixed data, >= 40 MB each) measured side by side in one ru
 
   direct  eight sequential ``restic init`` + ``restic backup`` of the modules' ``state/`` with
           their own credentials through the same gateway (what the work costs without nsbackup)
+  + stats the same loop also times, after each backup, the ``restic stats --json latest`` with
+          node credentials that NS8's contract asks of every run (ref §5.3): the work a run
+          does beyond ``direct``, done by hand, so the two ratios tell restic's share of the
+          overhead from nsbackup's own
   jobs 1  ``nsbackup backup run --jobs 1`` of the same eight modules (module side, stats,
           retention, status, metadata, report)
   jobs 4  the same with ``--jobs 4``
 
 Each round uses a new destination directory so every backup is a first, full one. Rounds are
 interleaved; medians are printed with the ratios: run overhead (jobs 1 / direct, target <=
-1.10) and the speed-up of jobs 4 over jobs 1. Then the lock hand-over latency: a run waiting
-for a module held by another schedule's run, from the release to the take-over (median of 5;
-NS8 polls every 60 s).
+1.10), the same against direct + stats, and the speed-up of jobs 4 over jobs 1. Then the lock
+hand-over latency: a run waiting for a module held by another schedule's run, from the release
+to the take-over (median of 5; NS8 polls every 60 s).
 
 Run: .venv/bin/python bench/runs.py [ROUNDS] [MEGABYTES]
 """
@@ -31,30 +35,46 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nsbackup.restic import restic_env, run_restic
-from tests.cluster_seed import module_uuid
+from tests.cluster_seed import PASSWORDS, module_uuid
 from tests.redis_server import RedisServer
 from tests.run_world import RunWorld, module_password
 
 MODULES = [f"app{n}" for n in range(1, 9)]
 
 
-def direct(world: RunWorld, destination: str) -> float:
+def direct(world: RunWorld, destination: str) -> tuple[float, float]:
+    """Seconds of init + backup, and seconds of the node's stats, for the eight modules."""
     assert world.gateway is not None
     password = world.restic_password()
-    started = time.perf_counter()
+    backups = stats = 0.0
     for mid in MODULES:
+        repository = f"{destination}/{mid.rstrip('0123456789')}/{module_uuid(mid)}"
         env = restic_env(
-            repository_path=f"{destination}/{mid.rstrip('0123456789')}/{module_uuid(mid)}",
+            repository_path=repository,
             user=f"module/{mid}",
             password=module_password(mid),
             restic_password=password,
             gateway_url=world.gateway.url,
             cache_dir=str(world.base / "direct-cache" / mid),
         )
+        started = time.perf_counter()
         assert run_restic(["init"], env).returncode == 0
         done = run_restic(["backup", "state"], env, cwd=str(world.modules_dir / mid))
         assert done.returncode == 0, done.stderr
-    return time.perf_counter() - started
+        backups += time.perf_counter() - started
+        node = restic_env(
+            repository_path=repository,
+            user="node/1",
+            password=PASSWORDS["node/1"],
+            restic_password=password,
+            gateway_url=world.gateway.url,
+            cache_dir=str(world.base / "direct-cache" / "node"),
+        )
+        started = time.perf_counter()
+        done = run_restic(["stats", "--json", "latest"], node)
+        assert done.returncode == 0, done.stderr
+        stats += time.perf_counter() - started
+    return backups, stats
 
 
 def nsbackup_run(world: RunWorld, bid: int, jobs: int) -> float:
@@ -99,14 +119,23 @@ def main(rounds: int = 3, megabytes: float = 40.0) -> None:
         world = RunWorld(server, base, {mid: "1" for mid in MODULES}, megabytes=megabytes)
         world.start()
         try:
-            times: dict[str, list[float]] = {"direct": [], "jobs 1": [], "jobs 4": []}
+            times: dict[str, list[float]] = {
+                "direct": [],
+                "+ stats": [],
+                "jobs 1": [],
+                "jobs 4": [],
+            }
             for round_ in range(rounds):
                 for name in times:
+                    if name == "+ stats":
+                        continue  # measured with direct
                     # a fresh repository for every measurement: always a first, full backup
                     shutil.rmtree(world.base / "node1" / "repo", ignore_errors=True)
                     (world.base / "node1" / "repo").mkdir(parents=True)
                     if name == "direct":
-                        times[name].append(direct(world, world.destination))
+                        backups, stats = direct(world, world.destination)
+                        times["direct"].append(backups)
+                        times["+ stats"].append(backups + stats)
                     else:
                         bid = world.add_schedule(MODULES, name=f"{name} {round_}")
                         times[name].append(nsbackup_run(world, bid, int(name.split()[1])))
@@ -122,6 +151,11 @@ def main(rounds: int = 3, megabytes: float = 40.0) -> None:
                 samples = ", ".join(f"{v:.2f}" for v in times[name])
                 print(f"  {name:<7} median {value:6.2f} s   ({samples})")
             print(f"run overhead  jobs 1 / direct = {medians['jobs 1'] / medians['direct']:.3f}")
+            print(
+                "              jobs 1 / (direct + stats) = "
+                f"{medians['jobs 1'] / medians['+ stats']:.3f}"
+                "  (restic stats with node credentials is NS8's contract, ref §5.3)"
+            )
             print(f"speed-up      jobs 1 / jobs 4 = {medians['jobs 1'] / medians['jobs 4']:.3f}")
             latencies = handover(world, 5)
             print(
