@@ -574,6 +574,26 @@ def test_wrong_passphrase_and_bad_files_exit_2_and_write_nothing(
     text.write_text("this is not an OpenPGP message\n")
     not_gzip = ns8_encrypt_raw(b'{"version": 4}', tmp_path / "plain.gpg", ns8_home)
     not_json = ns8_encrypt_raw(gzip.compress(b"\xff\xfe{"), tmp_path / "nj.gpg", ns8_home)
+    # A real dump in an OpenPGP literal packet: gpg --decrypt exits 0 on it whatever the
+    # passphrase, and anybody who can write to a destination can make one.
+    plaintext = subprocess.run(
+        ["gpg", "--batch", "--pinentry-mode", "loopback", "--passphrase", PASSPHRASE, "-d"],
+        input=good.read_bytes(),
+        env={**os.environ, "GNUPGHOME": str(ns8_home)},
+        capture_output=True,
+        check=True,
+    ).stdout
+    unencrypted = tmp_path / "stored.gpg"
+    subprocess.run(
+        ["gpg", "--batch", "--store", "--output", str(unencrypted)],
+        input=plaintext,
+        env={**os.environ, "GNUPGHOME": str(ns8_home)},
+        capture_output=True,
+        check=True,
+    )
+    # 80 MiB that OpenPGP's compression keeps in a few dozen KiB: gpg stops at the limit.
+    bomb = ns8_encrypt_raw(bytes(80 * 2**20), tmp_path / "bomb.gpg", ns8_home)
+    assert bomb.stat().st_size < 2**20
 
     before = dump_all(ns8_redis)
     cases = [
@@ -583,6 +603,9 @@ def test_wrong_passphrase_and_bad_files_exit_2_and_write_nothing(
         (text, passphrase_file, "invalid_file", "file"),
         (not_gzip, passphrase_file, "invalid_file", "file"),
         (not_json, passphrase_file, "invalid_file", "file"),
+        (unencrypted, wrong, "invalid_file", "file"),
+        (unencrypted, passphrase_file, "invalid_file", "file"),
+        (bomb, passphrase_file, "invalid_file", "file"),
     ]
     dump = Cluster(ns8_redis.client()).dump
     for path, secret, error, field in cases:
@@ -847,6 +870,82 @@ def test_import_skips_unreadable_entries_and_needs_the_cluster_user(
     assert "exactly one section" in reasons["77777777-7777-5777-8777-777777777777"]
     assert "not a UUID" in reasons["not-a-uuid"]
     assert "not imported" in err
+
+
+def test_import_rewrites_each_section_with_its_provider(
+    ns8_redis: RedisServer, host: PluginHost, passphrase_file: Path, tmp_path: Path, ns8_home: Path
+) -> None:
+    """A dump comes from a destination's storage, so its rclone sections are not trusted:
+    rclone runs what a section says (``*_command``, ``ssh``) and ``type = local`` would
+    serve the node's own disk. Each section is written again by its provider, as ``destination
+    add`` would write it; the provider's refusals leave a destination out."""
+    marker = tmp_path / "ran"
+
+    def webdav(url: str, edit: Any) -> tuple[str, dict[str, str]]:
+        prepared = prepare(host, DestinationRequest.from_payload({**WEBDAV, "url": url}))
+        return prepared.id, {
+            "provider": "webdav",
+            "url": prepared.url,
+            "name": "dav",
+            "basepath": "",
+            "rclone_conf": edit(prepared.rclone_conf),
+            "restic_password": "pw",
+        }
+
+    command, with_command = webdav(
+        "webdav:https://dav1.example.org/dav",
+        lambda conf: conf + f"bearer_token_command = touch {marker}\n",
+    )
+    local, as_local = webdav(
+        "webdav:https://dav2.example.org/dav",
+        lambda conf: conf.replace("type = webdav", "type = local"),
+    )
+    ssh = "88888888-8888-5888-8888-888888888888"
+    upper = "99999999-AAAA-5999-8999-999999999999"
+    entries = {
+        command: with_command,
+        local: as_local,
+        ssh: {
+            "provider": "rclone",
+            "url": "",
+            "name": "sftp",
+            "basepath": "b",
+            "rclone_conf": f"[{ssh}]\ntype = sftp\nhost = h\nssh = touch {marker}\n",
+            "restic_password": "pw",
+        },
+        upper: {
+            "provider": "rclone",
+            "url": "",
+            "name": "upper",
+            "basepath": "b",
+            "rclone_conf": f"[{upper}]\ntype = s3\n",
+            "restic_password": "pw",
+        },
+    }
+    document = {
+        "version": 4,
+        "modules": {},
+        "cluster": {
+            "uuid": OTHER_CLUSTER,
+            "network": "10.5.4.0/24",
+            "backup": {},
+            "backup_repository": entries,
+        },
+    }
+    path = ns8_encrypt(document, PASSPHRASE, tmp_path / "v4.gpg", ns8_home)
+    code, result, err = run_cli(
+        ns8_redis, "import", str(path), "--passphrase-file", str(passphrase_file), user="cluster"
+    )
+    assert code == 0, err
+    assert result["imported"] == [command]
+    conf = ns8_redis.client().hget(RCLONE_CONF, command)
+    assert "type = webdav" in conf and "command" not in conf
+    reasons = {s["id"]: s["reason"] for s in result["skipped"]}
+    assert "type 'local'" in reasons[local]
+    assert "'ssh' is not allowed" in reasons[ssh]
+    assert "lower-case" in reasons[upper]
+    assert set(ns8_redis.client().hkeys(RCLONE_CONF)) == {command}
+    assert not marker.exists()
 
 
 # -- restore --------------------------------------------------------------------------------

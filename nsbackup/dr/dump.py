@@ -74,7 +74,9 @@ log = logging.getLogger(__name__)
 
 DUMP_VERSION = 4
 MAX_FILE = 64 * 1024 * 1024
-"""The largest encrypted file read (NS8 dumps are kilobytes)."""
+"""The largest encrypted file read (NS8 dumps are kilobytes), and the most gpg may write when
+it decrypts one (the gzip inside does not shrink under OpenPGP's compression, so a real dump
+never comes near; an OpenPGP-compressed bomb stops here)."""
 MAX_PLAINTEXT = 256 * 1024 * 1024
 """The largest decompressed document accepted (a gzip bomb stops here)."""
 UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
@@ -243,7 +245,7 @@ def open_dump(data: bytes, passphrase: str) -> OpenedDump:
     if len(data) > MAX_FILE:
         raise _invalid("file", "invalid_file", f"the file is larger than {MAX_FILE} bytes")
     try:
-        packed = gpg.decrypt(data, passphrase)
+        packed = gpg.decrypt(data, passphrase, MAX_FILE)
     except gpg.DecryptionFailed as exc:
         field = "passphrase" if exc.reason == "invalid_passphrase" else "file"
         raise _invalid(field, exc.reason, str(exc)) from None
@@ -318,11 +320,17 @@ def _text(entry: Mapping[str, Any], key: str, *, default: str | None = None) -> 
     return value
 
 
-def _destination_v4(uid: str, entry: Mapping[str, Any]) -> Destination:
+def _destination_v4(uid: str, entry: Mapping[str, Any], host: PluginHost) -> Destination:
+    """A destination of a v4 dump. Its rclone section is not taken on trust: a dump comes from
+    a destination's storage, and rclone runs what its configuration says (``*_command``
+    options, ``type = local``). The provider reads the parameters the section stands for and
+    writes the section again, as ``destination add`` would; what it does not know is dropped,
+    and what it refuses (the raw ``rclone`` provider's allow-list) leaves the destination out."""
+    from nsbackup.destinations import prepare
     from nsbackup.provider import UrlError, check_path
 
-    provider = _text(entry, "provider")
-    if not provider:
+    name = _text(entry, "provider")
+    if not name:
         raise ValueError("provider is empty")
     basepath = _text(entry, "basepath", default="")
     try:
@@ -338,21 +346,60 @@ def _destination_v4(uid: str, entry: Mapping[str, Any]) -> Destination:
         raise ValueError(f"rclone_conf cannot be read: {exc}") from None
     if list(sections) != [uid]:
         raise ValueError(f"rclone_conf must hold exactly one section, [{uid}]")
-    if "type" not in sections[uid]:
+    section = sections[uid]
+    if "type" not in section:
         raise ValueError("rclone_conf has no type")
     password = _text(entry, "restic_password")
     if not password:
         raise ValueError("restic_password is empty")
     redacting_filter.add(password)
+    provider = host.provider(name)
+    parameters = provider.parameters_from_section(section, hide_secrets=False)
+    for param in provider.parameters:
+        if param.secret and parameters.get(param.name):
+            redacting_filter.add(parameters[param.name])
+    url = _text(entry, "url")
+    request = DestinationRequest(
+        provider=name, url=url, name=_text(entry, "name", default=""), parameters=parameters
+    )
+    previous = StoredDestination(
+        id=uid, provider=name, url=url, name="", basepath=basepath, section=section
+    )
+    prepared = prepare(host, request, previous)
+    if prepared.section["type"] != section["type"]:
+        raise ValueError(
+            f"rclone_conf has type {section['type']!r}; provider {name} writes "
+            f"{prepared.section['type']!r}"
+        )
     return Destination(
         id=uid,
-        provider=provider,
-        url=_text(entry, "url"),
-        name=_text(entry, "name", default=""),
+        provider=prepared.provider,
+        url=prepared.url,
+        name=prepared.name,
         basepath=basepath,
-        rclone_conf=conf,
+        # The dump's own text when it says exactly what the provider writes (an export then
+        # restore gives the stored bytes back; obscured values differ only in their IV).
+        rclone_conf=conf if _same_section(section, prepared.section) else prepared.rclone_conf,
         restic_password=Secret(password),
     )
+
+
+def _same_section(dumped: Mapping[str, str], written: Mapping[str, Any]) -> bool:
+    from nsbackup.obscure import RevealError, reveal
+
+    if set(dumped) != set(written):
+        return False
+    for key, value in dumped.items():
+        other = written[key]
+        other = other.reveal() if isinstance(other, Secret) else str(other)
+        if value == other:
+            continue
+        try:
+            if reveal(value) != reveal(other):
+                return False
+        except RevealError:
+            return False
+    return True
 
 
 def _destination_v3(uid: str, entry: Mapping[str, Any], host: PluginHost) -> Destination:
@@ -406,10 +453,14 @@ def _read_destination(uid: str, entry: Any, version: int, host: PluginHost) -> D
     """One destination of a dump; ValueError or NsbackupError saying why it is unusable."""
     if not UUID.fullmatch(uid):
         raise ValueError("the destination id is not a UUID")
+    if uid != uid.lower():
+        # NS8's UUIDs are lower case; another spelling of a stored one would be a second
+        # destination beside it rather than the same one, skipped.
+        raise ValueError("the destination id is not a lower-case UUID")
     if not isinstance(entry, dict):
         raise ValueError("the destination is not an object")
     if version >= 4:
-        return _destination_v4(uid, entry)
+        return _destination_v4(uid, entry, host)
     return _destination_v3(uid, entry, host)
 
 

@@ -214,17 +214,38 @@ def encrypt_bytes(plaintext: bytes, passphrase: str) -> bytes:
     return b"".join(chunks)
 
 
-def decrypt(ciphertext: bytes, passphrase: str) -> bytes:
-    """The plaintext of an OpenPGP symmetric message; :class:`DecryptionFailed` otherwise."""
-    done = _run(["--decrypt", "--output", "-"], passphrase, ciphertext, subprocess.PIPE)
-    if done.returncode == 0:
-        return done.stdout
+def decrypt(ciphertext: bytes, passphrase: str, max_output: int) -> bytes:
+    """The plaintext of an OpenPGP symmetric message, at most ``max_output`` bytes;
+    :class:`DecryptionFailed` otherwise.
+
+    Only data that really was encrypted with a passphrase and decrypted with its integrity
+    checked is returned: ``gpg --decrypt`` also exits 0 on a bare literal packet (``gpg
+    --store``), which anybody can write without the passphrase. gpg stops writing at
+    ``--max-output``, so a small file that expands (OpenPGP compression) cannot fill memory."""
+    done = _run(
+        ["--max-output", str(max_output), "--decrypt", "--output", "-"],
+        passphrase,
+        ciphertext,
+        subprocess.PIPE,
+    )
     status = {
         line.split()[1]
         for line in done.stderr.decode(errors="replace").splitlines()
         if line.startswith("[GNUPG:] ") and len(line.split()) > 1
     }
     errors = done.stderr.decode(errors="replace")
+    if done.returncode == 0:
+        if {"NEED_PASSPHRASE_SYM", "DECRYPTION_OKAY"} <= status and len(done.stdout) <= max_output:
+            return done.stdout
+        raise DecryptionFailed(
+            "invalid_file",
+            "not a passphrase-encrypted OpenPGP file (its content is not encrypted, so anybody "
+            "could have written it)",
+        )
+    if "max-output" in errors:
+        raise DecryptionFailed(
+            "invalid_file", f"the file holds more than {max_output} bytes once decrypted"
+        )
     if "BAD_PASSPHRASE" in errors or (
         "NEED_PASSPHRASE_SYM" in status
         and "DECRYPTION_FAILED" in status
