@@ -784,6 +784,14 @@ class Store:
         grants = self._call(lambda: self.reader.hgetall(RESTORE_UUID))
         return _dict(grants)
 
+    def restore_grant(self, module_uuid: str) -> str | None:
+        """The source module UUID ``module_uuid`` may read now, read from the leader (a replica
+        may not have the grant just written yet)."""
+        value = self._call(lambda: self.writer.hget(RESTORE_UUID, module_uuid))
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value or None
+
     def write_restore_grant(
         self, module_uuid: str, source_uuid: str, *, dry_run: bool = False
     ) -> None:

@@ -3,9 +3,12 @@ another's under a grant that exists only while the restore runs, grant commands,
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
+import os
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +22,7 @@ from tests import restic_versions
 from tests.cluster_seed import module_uuid
 from tests.redis_server import RedisServer
 from tests.restic_versions import Restic
-from tests.run_world import RunWorld, module_password
+from tests.run_world import RunWorld, descendants, module_password
 from tests.test_store import Events
 
 REST = {"Accept": "application/vnd.x.restic.rest.v2"}
@@ -303,3 +306,121 @@ def test_bad_restore_requests_exit_2(world: RunWorld, request_: dict[str, Any]) 
     code, out, err = restore(world, request_)
     assert code == 2 and isinstance(out, list) and out, err
     assert "Traceback" not in err
+
+
+def slow_restic(tmp_path: Path, seconds: int) -> dict[str, str]:
+    """restic whose ``restore`` starts ``seconds`` late: a restore long enough to overlap."""
+    script = tmp_path / "slow-restic"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'for a; do [ "$a" = restore ] && sleep {seconds} && break; done\n'
+        f'exec {shutil.which("restic")} "$@"\n'
+    )
+    script.chmod(0o755)
+    return {"NSBACKUP_RESTIC": str(script)}
+
+
+def eventually(condition: Any, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def restore_request(world: RunWorld, source: str, target: str) -> str:
+    return json.dumps(
+        {
+            "repository": world.destination,
+            "path": f"mail/{module_uuid(source)}",
+            "snapshot": "",
+            "module": target,
+        }
+    )
+
+
+def test_two_restores_into_one_module_leave_no_grant(world: RunWorld, tmp_path: Path) -> None:
+    """The second restore waits for the first (the module's lock) and reads the grant to put
+    back only then: it read it before the lock and put the first restore's grant back."""
+    backed_up(world, "mail31", "mail32")
+    add_modules(world, "mail30")
+    slow = slow_restic(tmp_path, 3)
+    first = world.popen(
+        "--json", "restore", "run", "--data", restore_request(world, "mail31", "mail30"),
+        user="cluster", extra=slow,
+    )  # fmt: skip
+    eventually(lambda: module_uuid("mail30") in grants(world), "the first grant")
+    second = world.popen(
+        "--json", "restore", "run", "--data", restore_request(world, "mail32", "mail30"),
+        user="cluster", extra=slow,
+    )  # fmt: skip
+    for proc in (first, second):
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    assert grants(world) == {}
+    eventually(
+        lambda: can_read(world, "mail30", "mail31") == can_read(world, "mail30", "mail32") == 403,
+        "the gateway forgetting both grants",
+        timeout=5,
+    )
+
+
+def test_the_grant_of_a_killed_restore_goes_with_the_next_restore(
+    world: RunWorld, tmp_path: Path
+) -> None:
+    """kill -9 (or a crash) leaves the grant in Redis; the restore journaled it beside the
+    module's lock, and the next ``restore run`` on the node revokes it."""
+    backed_up(world, "mail34")
+    add_modules(world, "mail33")
+    proc = world.popen(
+        "--json", "restore", "run", "--data", restore_request(world, "mail34", "mail33"),
+        user="cluster", extra=slow_restic(tmp_path, 30),
+    )  # fmt: skip
+    eventually(lambda: module_uuid("mail33") in grants(world), "the grant")
+    children = descendants(proc.pid)
+    proc.kill()
+    proc.wait()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    journal = world.state_dir / "locks" / "restore-mail33.grant"
+    assert journal.is_file()
+    assert grants(world)[module_uuid("mail33")] == module_uuid("mail34")
+    # any restore on the node heals it first: here mail34 from its own repository (no grant)
+    code, _out, err = world.nsbackup(
+        "--json", "restore", "run", "--data", restore_request(world, "mail34", "mail34"),
+        user="cluster",
+    )  # fmt: skip
+    assert code == 0, err
+    assert grants(world) == {}
+    assert not journal.exists()
+    eventually(lambda: can_read(world, "mail33", "mail34") == 403, "the gateway", timeout=5)
+
+
+def test_a_symlink_in_a_snapshot_cannot_redirect_the_module_sides_writes(
+    world: RunWorld, tmp_path: Path
+) -> None:
+    """The module side replaces the files it writes in ``state/`` (restore summary, DUMP
+    payloads) instead of writing through them: a snapshot holding ``restic_restore.json ->
+    agent.env`` overwrote the restored module's credentials."""
+    add_modules(world, "mail35")
+    state = world.modules_dir / "mail35" / "state"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (state / "restic_restore.json").symlink_to("agent.env")
+    (state / "ui_name.dump").symlink_to(victim)
+    bid = world.add_schedule(["mail35"])
+    code, _report, err = world.run(bid)
+    assert code == 0, err
+    assert victim.read_text() == "precious\n"
+    assert not (state / "ui_name.dump").is_symlink()
+    add_modules(world, "mail36")
+    target = world.modules_dir / "mail36" / "state"
+    credentials = (target / "agent.env").read_text()
+    code, _out, err = world.nsbackup(
+        "--json", "restore", "run", "--data", restore_request(world, "mail35", "mail36"),
+        user="cluster",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (target / "agent.env").read_text() == credentials
+    assert not (target / "restic_restore.json").is_symlink()
+    assert json.loads((target / "restic_restore.json").read_text())

@@ -12,6 +12,7 @@ cluster action), on the node that hosts the module.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from nsbackup.errors import NotFound, NsbackupError, ValidationFailed
+from nsbackup.files import write_atomic
 from nsbackup.model import FieldError
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 PATH = re.compile(r"([a-z][a-z0-9_-]{0,63})/(" + UUID.pattern + ")")
 SNAPSHOT = re.compile(r"[0-9a-f]{8,64}")
 PROGRESS_PREFIX = "nsbackup-progress "
+
+log = logging.getLogger(__name__)
 
 
 def _unknown(key: object) -> FieldError:
@@ -206,13 +210,11 @@ class RestoreService:
         chosen = runs.runner(runner)
         settings = runs.runner_settings()
         grant = module.uuid != request.source_uuid
-        previous = state.restore_grants.get(module.uuid)
         store = self.cluster.store
         if grant:
             store.write_restore_grant(module.uuid, request.source_uuid, dry_run=True)
-        lock = FileLock(
-            Path(self.cluster.settings.state_dir) / "locks" / f"module-{module.id}.lock"
-        )
+        self.heal()
+        lock = FileLock(self._locks / f"module-{module.id}.lock")
         try:
             lock.acquire(wait=wait)
         except LockTimeout as exc:
@@ -223,8 +225,24 @@ class RestoreService:
                 f"module {module.id} is being backed up{holder}; still locked after {wait:g} s"
             ) from None
         started = time.time()
+        journal = self._locks / f"restore-{module.id}.grant"
+        previous: str | None = None
         try:
+            # Under the module's lock: another restore into this module has ended (or died,
+            # leaving its journal), so what is granted now is what this one must put back.
+            self._heal_journal(journal)
+            previous = store.restore_grant(module.uuid)
             if grant and previous != request.source_uuid:
+                write_atomic(
+                    journal,
+                    json.dumps(
+                        {
+                            "module_uuid": module.uuid,
+                            "source_uuid": request.source_uuid,
+                            "previous": previous,
+                        }
+                    ),
+                )
                 store.write_restore_grant(module.uuid, request.source_uuid)
             data = json.dumps(
                 {
@@ -261,11 +279,8 @@ class RestoreService:
             )
         finally:
             try:
-                if grant and previous != request.source_uuid:
-                    if previous is None:
-                        store.remove_restore_grant(module.uuid)
-                    else:  # a grant that was there before the restore comes back
-                        store.write_restore_grant(module.uuid, previous)
+                if journal.exists():
+                    self._heal_journal(journal)
             finally:
                 lock.release()
         side = _side_result(outcome.stdout)
@@ -295,6 +310,55 @@ class RestoreService:
             "relinked_backups": relinked,
             "duration": round(time.time() - started, 3),
         }
+
+    @property
+    def _locks(self) -> Path:
+        return Path(self.cluster.settings.state_dir) / "locks"
+
+    def heal(self) -> list[str]:
+        """Put back the grants of restores that died on this node (``kill -9``, a crash, the
+        machine stopping): each restore journals the grant it adds, beside the module's
+        lock, and removes the journal when it has revoked it. A journal whose module lock
+        is free belongs to a dead restore. Returns the module ids healed; ``restore run``
+        calls it first."""
+        from nsbackup.runs.locks import FileLock, LockTimeout
+
+        healed = []
+        for journal in sorted(self._locks.glob("restore-*.grant")):
+            module_id = journal.name[len("restore-") : -len(".grant")]
+            lock = FileLock(self._locks / f"module-{module_id}.lock")
+            try:
+                lock.acquire(wait=0)
+            except LockTimeout:
+                continue  # a restore (or a backup) of it is running
+            try:
+                if journal.exists():
+                    self._heal_journal(journal)
+                    healed.append(module_id)
+            finally:
+                lock.release()
+        return healed
+
+    def _heal_journal(self, journal: Path) -> None:
+        """Revoke the grant ``journal`` records, or put back the one it replaced, unless the
+        grant has been changed since; then remove the journal. Called with the lock held."""
+        try:
+            entry = json.loads(journal.read_text())
+            module_uuid, source = entry["module_uuid"], entry["source_uuid"]
+            previous = entry.get("previous")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning("removing unreadable restore journal %s", journal)
+            journal.unlink(missing_ok=True)
+            return
+        store = self.cluster.store
+        if store.restore_grant(module_uuid) == source:
+            if previous:  # a grant that was there before the restore comes back
+                store.write_restore_grant(module_uuid, previous)
+            else:
+                store.remove_restore_grant(module_uuid)
+        journal.unlink(missing_ok=True)
 
     def _module(self, state: ClusterState, request: RestoreRequest, node: str) -> Module:
         module = state.modules.get(request.module)

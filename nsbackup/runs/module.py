@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nsbackup.errors import Busy, NsbackupError, ValidationFailed
+from nsbackup.files import write_atomic
 from nsbackup.restic import classify_failure, explain, restic_binary, restic_env, restic_version
 from nsbackup.results import ModuleBackupResult
 from nsbackup.runs.locks import LockTimeout, file_lock
@@ -500,6 +501,6 @@ def _int(value: Any) -> int:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
+    """Replace ``path``, never write through it: a restored snapshot may have left a symlink
+    there (``restic_restore.json -> agent.env`` overwrote the module's credentials)."""
+    write_atomic(path, data, 0o600)
