@@ -491,6 +491,36 @@ def test_users_get_nsbackups_rules_and_keep_passwords_and_state(
 # -- idempotence, dry run, interruptions --------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("claimed", "holders"),
+    [("mail1", ["mail1"]), ("ghost1", ["ghost1"]), ("nextcloud3", ["nextcloud3"])],
+    ids=["held-by-a-module", "held-by-a-removed-module", "claimed-by-another-too"],
+)
+def test_a_module_cannot_claim_another_modules_uuid(
+    legacy: RedisServer, monkeypatch: pytest.MonkeyPatch, claimed: str, holders: list[str]
+) -> None:
+    """``MODULE_UUID`` is in ``module/<id>/environment``, which the module writes itself
+    under NS8's rules: claiming another module's UUID would give it that module's repository
+    (and the Restic password opens it). A UUID that another module has, had, or claims too is
+    given to nobody, with a warning."""
+    module = legacy.client("module/dokuwiki1", PASSWORDS["module/dokuwiki1"])
+    module.hset("module/dokuwiki1/environment", "MODULE_UUID", module_uuid(claimed))
+    module.close()
+    code, out, err = run_cli(legacy, monkeypatch, "--json", "migrate")
+    report = json.loads(out)
+    assert code == 3, err
+    uuids = legacy.client().hgetall("cluster/module_uuid")
+    assert "dokuwiki1" not in uuids
+    assert module_uuid(claimed) not in [u["uuid"] for u in report["module_uuids"]]
+    if claimed == "mail1":
+        assert uuids["mail1"] == module_uuid("mail1")
+    assert any(
+        w.startswith(f"module dokuwiki1 claims MODULE_UUID {module_uuid(claimed)}")
+        and f"which {', '.join(holders)} also has" in w
+        for w in report["warnings"]
+    ), report["warnings"]
+
+
 def test_a_second_run_changes_nothing_and_says_so(
     legacy: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -47,6 +47,7 @@ secret is registered with the redaction filter as soon as it is read.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -578,10 +579,29 @@ def _plan_module_uuids(
     snap: Snapshot, live: set[str], prune: bool, ops: list[Op], report: MigrationReport
 ) -> bool:
     changed = False
-    for mid in sorted(live - set(snap.module_uuid)):
+    missing = sorted(live - set(snap.module_uuid))
+    # MODULE_UUID sits in module/<id>/environment, which the module writes itself: a module
+    # claiming a UUID another module has (or had: its backups are still there), or that two
+    # modules claim, would get that module's repository. Such a module gets no UUID here.
+    claims: dict[str, list[str]] = {}
+    for mid in missing:
+        with contextlib.suppress(ValueError):
+            claims.setdefault(str(uuidlib.UUID(snap.env_uuids.get(mid, ""))), []).append(mid)
+    taken = {str(v).lower() for v in snap.module_uuid.values()}
+    for mid in missing:
         entry: MigratedModuleUuid
         try:
             value = str(uuidlib.UUID(snap.env_uuids.get(mid, "")))
+            if value in taken or len(claims[value]) > 1:
+                holders = {m for m, u in snap.module_uuid.items() if str(u).lower() == value}
+                others = sorted((holders | set(claims[value])) - {mid})
+                report["warnings"].append(
+                    f"module {mid} claims {legacy.MODULE_UUID_FIELD} {value} in "
+                    f"{legacy.MODULE_ENV.format(mid)}, which {', '.join(others)} also has: "
+                    "no UUID is given to it (it cannot be backed up) until the right one is "
+                    f"set by hand (HSET {MODULE_UUID} {mid} <uuid>)"
+                )
+                continue
             entry = {"module_id": mid, "uuid": value, "source": "environment"}
         except ValueError:
             value = str(uuidlib.uuid4())
