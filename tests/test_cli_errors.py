@@ -91,6 +91,7 @@ def data(command: str, base: dict[str, Any], *, typed: str, text: str, ours: boo
 
     return [
         row("malformed_json", '{"name": "x",', "data", "invalid_json"),
+        row("nan", '{"name": NaN, "retention": -Infinity}', "data", "invalid_json"),
         row("type", {**base, typed: 5}, typed, "type"),
         row("unknown_field", {**base, "zzz": 1}, "zzz", "additionalProperties"),
         row("huge", {**base, text: BIG}, text, "maxLength"),
@@ -179,6 +180,7 @@ def rows() -> list[Row]:
         *redis_rows("destination list"),
         Row("destination list", "module_user", ("--show-secrets",), 5, user="module/mail1"),
         Row("destination repositories", "argument", ("--timeout", "-1"), 2, "timeout"),
+        Row("destination repositories", "nan", ("--timeout", "nan"), 2, "timeout"),
         *redis_rows("destination repositories"),
         *data("backup add", SCHEDULE, typed="name", text="schedule", ours=True),
         Row(
@@ -207,6 +209,7 @@ def rows() -> list[Row]:
         *redis_rows("backup list"),
         Row("backup run", "argument", ("x1",), 2, "", "usage"),
         Row("backup run", "jobs", ("1", "--jobs", "0"), 2, "jobs", user="node/1"),
+        Row("backup run", "nan", ("1", "--wait", "nan"), 2, "wait", user="node/1"),
         *redis_rows("backup run", "1", user="node/1"),
         *path_rows("backup run", "--modules-dir", "1", user="node/1", unwritable="/sys"),
         *data("backup snapshots", REPO, typed="path", text="path", ours=False),

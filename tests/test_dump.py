@@ -964,8 +964,8 @@ def test_restore_on_an_empty_cluster(
     publics = {u: client.hgetall(f"cluster/backup_repository/{u}") for u in ids}
     confs, passwords = client.hgetall(RCLONE_CONF), client.hgetall(RESTIC_PASSWORD)
     hashes = {b: client.hgetall(f"cluster/backup/{b}") for b in bids}
-    # A new cluster: no destinations, no schedules.
-    client.delete(RCLONE_CONF, RESTIC_PASSWORD, "cluster/backup_sequence")
+    # A new cluster: no destinations, no schedules, no module restored yet.
+    client.delete(RCLONE_CONF, RESTIC_PASSWORD, "cluster/backup_sequence", "cluster/module_uuid")
     client.delete(*(f"cluster/backup_repository/{u}" for u in ids))
     client.delete(*(f"cluster/backup/{b}" for b in bids))
     events = Events(ns8_redis.client())
@@ -1006,6 +1006,37 @@ def test_restore_on_an_empty_cluster(
         ("cluster/event/backup-destination-changed", {"destination_ids": sorted(ids)}),
         ("cluster/event/backup-schedule-changed", {"backup_ids": [str(b) for b in bids]}),
     ]
+    client.close()
+
+
+def test_restore_links_the_modules_a_cluster_already_has(
+    ns8_redis: RedisServer, seeded: dict[str, Any], passphrase_file: Path, tmp_path: Path
+) -> None:
+    """Restored on a cluster that still has its modules, the schedules keep backing them up:
+    a module whose UUID is in ``uinstances`` goes back into ``instances`` at once (each
+    module's restore would do it; here there is none to come)."""
+    client = ns8_redis.client()
+    client.hset(RESTIC_PASSWORD, seeded["b2"], "b" * 64)
+    Cluster(ns8_redis.client("node/1", PASSWORDS["node/1"])).dump.export(
+        tmp_path / "dump.gpg", passphrase=PASSPHRASE
+    )
+    bids = [seeded[k] for k in ("nightly", "weekly", "orphan")]
+    hashes = {b: client.hgetall(f"cluster/backup/{b}") for b in bids}
+    client.delete(*(f"cluster/backup/{b}" for b in bids))
+    code, _result, err = run_cli(
+        ns8_redis,
+        "restore",
+        str(tmp_path / "dump.gpg"),
+        "--passphrase-file",
+        str(passphrase_file),
+        user="cluster",
+    )
+    assert code == 0, err
+    for bid in bids:
+        restored = client.hgetall(f"cluster/backup/{bid}")
+        assert sorted(restored["instances"].split()) == sorted(hashes[bid]["instances"].split())
+    assert client.hget(f"cluster/backup/{seeded['nightly']}", "uinstances") == seeded["pending"]
+    assert "uinstances" not in client.hgetall(f"cluster/backup/{seeded['weekly']}")
     client.close()
 
 
@@ -1075,6 +1106,7 @@ def test_restore_of_a_v3_dump_makes_schedules_portable(
         }
     }
     path = ns8_encrypt(document, PASSPHRASE, tmp_path / "v3.gpg", ns8_home)
+    ns8_redis.client().delete("cluster/module_uuid")  # a new cluster: mail1 not restored yet
     code, result, err = run_cli(
         ns8_redis, "restore", str(path), "--passphrase-file", str(passphrase_file), user="cluster"
     )

@@ -390,6 +390,31 @@ def test_a_module_still_locked_at_the_deadline_fails_like_any_failure(world: Run
     assert meta.json()["success"] is False
 
 
+def test_a_run_waiting_for_a_module_stops_at_once_on_sigterm(world: RunWorld) -> None:
+    """The wait for a module's lock ends with the run: with the default --wait a stop took
+    up to an hour (the lock was waited for in a worker thread the signal did not reach)."""
+    import signal
+
+    from nsbackup.runs.locks import file_lock
+
+    add_modules(world, "held1")
+    bid = world.add_schedule(["held1"])
+    with file_lock(world.state_dir / "locks" / "module-held1.lock"):
+        run = world.popen("--json", "backup", "run", str(bid))
+        try:
+            time.sleep(2)  # started, and waiting for the lock
+            assert run.poll() is None
+            stopped = time.monotonic()
+            run.send_signal(signal.SIGTERM)
+            _, err = run.communicate(timeout=30)
+            assert run.returncode == 130, err
+            assert time.monotonic() - stopped < 5
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert status_of(world, bid)["held1"]["failure"] == "still_locked"
+
+
 def test_jobs_back_up_modules_at_the_same_time(world: RunWorld) -> None:
     mids = ["par1", "par2", "par3"]
     add_modules(world, *mids)

@@ -134,13 +134,17 @@ def read_data(spec: str, stdin: TextIO) -> Any:
             "data", None, "maxLength", f"--data is longer than {MAX_DATA // (1024 * 1024)} MiB"
         )
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_not_json)
     except json.JSONDecodeError as exc:
         raise ValidationFailed.one(
             "data",
             None,
             "invalid_json",
             f"--data is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+        ) from None
+    except _NotJson as exc:
+        raise ValidationFailed.one(
+            "data", None, "invalid_json", f"--data is not valid JSON: {exc} is not a JSON number"
         ) from None
     except RecursionError:
         value = None
@@ -152,6 +156,16 @@ def read_data(spec: str, stdin: TextIO) -> Any:
             "data", None, "too_deep", f"--data is nested more than {MAX_DEPTH} levels deep"
         )
     return value
+
+
+class _NotJson(ValueError):
+    pass
+
+
+def _not_json(constant: str) -> NoReturn:
+    # Python's json reads NaN, Infinity and -Infinity, which JSON has not: they would come
+    # back in outputs no other JSON reader accepts.
+    raise _NotJson(constant)
 
 
 def _depth(value: Any) -> int:

@@ -648,13 +648,41 @@ class DumpService:
         schedules = _read_schedules(opened, {d.id for d in destinations} | set(entries), problems)
         if problems.errors:
             raise ValidationFailed(problems.errors)
-        sequence = self.cluster.store.restore_backups(destinations, schedules)
+        linked = _link_installed(schedules, self.cluster.store.load(details=False))
+        sequence = self.cluster.store.restore_backups(destinations, linked)
         return {
             "version": opened.version,
             "restored_destinations": [d.id for d in destinations],
             "restored_backups": sorted(schedules),
             "backup_sequence": sequence,
         }
+
+
+def _link_installed(
+    schedules: Mapping[int, Mapping[str, str]], state: ClusterState
+) -> dict[int, Mapping[str, str]]:
+    """Modules already installed whose UUID a schedule's ``uinstances`` names go back into its
+    ``instances`` at once, as a restore of each would put them (ref §8.3). On a new cluster
+    there are none; on one that still has its modules, a restored schedule would otherwise
+    back up nothing until each module was restored."""
+    installed = {m.uuid: m.id for m in state.modules.values() if m.uuid}
+    linked: dict[int, Mapping[str, str]] = {}
+    for bid, fields in schedules.items():
+        pending = fields.get("uinstances", "").split()
+        found = [u for u in pending if u in installed]
+        if not found:
+            linked[bid] = fields
+            continue
+        instances = fields.get("instances", "").split()
+        instances += [installed[u] for u in found if installed[u] not in instances]
+        rest = [u for u in pending if u not in installed]
+        updated = {**fields, "instances": " ".join(instances)}
+        if rest:
+            updated["uinstances"] = " ".join(rest)
+        else:
+            updated.pop("uinstances", None)
+        linked[bid] = updated
+    return linked
 
 
 def _incomplete(inventory: Mapping[str, set[str]], state: ClusterState) -> dict[str, str]:

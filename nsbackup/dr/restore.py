@@ -196,8 +196,10 @@ class RestoreService:
         (which lives on this node): grant when the source is another module's repository,
         run the module side, revoke the grant whatever happens, then give the module back
         to the schedules that name its UUID (``uinstances``)."""
+        from nsbackup.runs.command import check_seconds
         from nsbackup.runs.locks import FileLock, LockTimeout
 
+        check_seconds("wait", wait)
         request = RestoreRequest.parse(payload, with_module=True)
         node = self.cluster.node_id
         if not node:

@@ -12,6 +12,7 @@ the scheduler share it.
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 from collections.abc import Mapping
@@ -52,8 +53,21 @@ def check_run_options(jobs: Any, wait: Any) -> None:
     """``jobs`` an integer >= 1 and ``wait`` seconds >= 0, as ``backup run`` takes them."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValidationFailed.one("jobs", jobs, "minimum", "jobs must be an integer >= 1")
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or wait < 0:
-        raise ValidationFailed.one("wait", wait, "minimum", "wait must be >= 0 seconds")
+    check_seconds("wait", wait)
+
+
+def check_seconds(name: str, value: Any) -> None:
+    """``value`` a finite number of seconds, 0 or more: a NaN wait never ends (its deadline
+    compares false with every time), and NaN or infinity cannot be echoed in JSON."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed.one(name, None, "type", f"{name} must be a number of seconds")
+    if not math.isfinite(value) or value < 0:
+        raise ValidationFailed.one(
+            name,
+            value if math.isfinite(value) else str(value),
+            "minimum",
+            f"{name} must be a finite number of seconds, 0 or more",
+        )
 
 
 def on_ns8() -> bool:

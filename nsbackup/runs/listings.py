@@ -41,6 +41,7 @@ from nsbackup.errors import (
 )
 from nsbackup.model import CONTROL_CHARS, Destination, FieldError, Module
 from nsbackup.restic import classify_failure, run_restic
+from nsbackup.runs.command import check_seconds
 from nsbackup.runs.module import explain_failure
 from nsbackup.webdav import Entry, GatewayClient
 
@@ -310,8 +311,7 @@ def repositories(service: RunService, *, timeout: float = 10.0) -> list[dict[str
     within ``timeout`` seconds in all; when some could not be listed in time (or failed),
     ``Partial`` carries the others' items as ``result`` and names the failed ones; when all
     of them failed, ``Unreachable`` (``PermissionDenied`` if the gateway refused them all)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ValidationFailed.one("timeout", timeout, "type", "timeout must be a number")
+    check_seconds("timeout", timeout)
     if not 0 < timeout <= MAX_TIMEOUT:
         raise ValidationFailed.one(
             "timeout",

@@ -24,6 +24,7 @@ from nsbackup.errors import Busy, NsbackupError, ValidationFailed
 from nsbackup.files import write_atomic
 from nsbackup.restic import classify_failure, explain, restic_binary, restic_env, restic_version
 from nsbackup.results import ModuleBackupResult
+from nsbackup.runs.command import check_seconds
 from nsbackup.runs.locks import LockTimeout, file_lock
 from nsbackup.store import Store
 
@@ -74,6 +75,7 @@ class ModuleService:
         after that). Returns restic's summary with ``exit_code`` 0 (done), 3 (done, some files
         could not be read) or another code with ``failure`` and ``message`` saying why.
         """
+        check_seconds("wait", wait)
         module_id = self._module_id()
         module_dir = Path(self.settings.module_dir or os.getcwd()).resolve()
         state_dir = module_dir / "state"
@@ -137,6 +139,7 @@ class ModuleService:
         ``state/restic_restore.json``."""
         from nsbackup.dr.restore import RestoreRequest
 
+        check_seconds("wait", wait)
         request = RestoreRequest.parse(payload, with_module=False)
         module_id = self._module_id()
         module_dir = Path(self.settings.module_dir or os.getcwd()).resolve()

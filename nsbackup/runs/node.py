@@ -45,6 +45,8 @@ from nsbackup.restic import (
     restic_version,
     run_restic,
 )
+from nsbackup.runs import children
+from nsbackup.runs.command import check_seconds
 from nsbackup.runs.context import RunContext
 from nsbackup.runs.locks import FileLock, LockTimeout, file_lock
 from nsbackup.runs.module import explain_failure, restic_reason
@@ -248,8 +250,7 @@ class RunService:
         (:class:`~nsbackup.runs.report.RunReport` as JSON, with ``exit_code``)."""
         if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
             raise ValidationFailed.one("jobs", jobs, "minimum", "jobs must be an integer >= 1")
-        if not isinstance(wait, int | float) or wait < 0:
-            raise ValidationFailed.one("wait", wait, "minimum", "wait must be >= 0 seconds")
+        check_seconds("wait", wait)
         node = self._node()
         state = self.store.load()
         schedule = self._schedule(state, backup_id)
@@ -518,15 +519,19 @@ class _ModuleWork:
             Path(self.service.settings.state_dir) / "locks" / f"module-{module.id}.lock"
         )
         try:
-            lock.acquire(wait=self.wait)
+            lock.acquire(wait=self.wait, stop=children.stopping.is_set)
         except LockTimeout as exc:
             holder = f" (held by pid {exc.holder})" if exc.holder else ""
+            waited = f"{time.time() - asked:.0f} s" if children.stopping.is_set() else ""
             failed = attrs.evolve(
                 self._failed(
                     module,
                     start,
                     "still_locked",
-                    f"module {module.id} still locked after {self.wait:g} s{holder}",
+                    f"module {module.id} still locked when the run was stopped after "
+                    f"{waited}{holder}"
+                    if waited
+                    else f"module {module.id} still locked after {self.wait:g} s{holder}",
                 ),
                 waited=round(time.time() - asked, 3),
             )

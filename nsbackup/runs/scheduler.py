@@ -54,6 +54,7 @@ from nsbackup.runs.command import (
     DEFAULT_JOBS,
     DEFAULT_WAIT,
     check_run_options,
+    check_seconds,
     child_environment,
     node_environment,
     run_argv,
@@ -164,10 +165,8 @@ class Scheduler:
     ) -> Scheduler:
         """Change the options of the runs (before :meth:`start`); returns the scheduler."""
         check_run_options(self.jobs if jobs is None else jobs, self.wait if wait is None else wait)
-        if grace is not None and (
-            isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 0
-        ):
-            raise ValidationFailed.one("grace", grace, "minimum", "grace must be >= 0 seconds")
+        if grace is not None:
+            check_seconds("grace", grace)
         self.jobs = self.jobs if jobs is None else jobs
         self.wait = self.wait if wait is None else float(wait)
         self.grace = self.grace if grace is None else float(grace)
