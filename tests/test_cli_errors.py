@@ -286,6 +286,17 @@ def rows() -> list[Row]:
             2,
             "passphrase_file",
         ),
+        *(
+            Row(
+                "dump export",
+                f"passphrase_fd_{fd}",
+                ("--out", "{tmp}/d.gpg", "--passphrase-fd", str(fd)),
+                2,
+                "passphrase_fd",
+                "invalid_fd",
+            )
+            for fd in (1, 2)
+        ),
         Row(
             "dump import", "missing_file", ("{tmp}/nope", "--passphrase-file", "{file}"), 2, "file"
         ),
@@ -302,6 +313,8 @@ def rows() -> list[Row]:
         ),
         *path_rows("scheduler", "--modules-dir", user="node/1", unwritable="/sys"),
         Row("scheduler", "argument", ("--grace", "x"), 2, "", "usage"),
+        Row("scheduler", "runner", ("--runner", "nope"), 2, "runner", user="node/1"),
+        Row("scheduler", "nan", ("--grace", "nan"), 2, "grace", user="node/1"),
         *path_rows("quickstart", "--keep"),
         *redis_rows("migrate"),
         Row("migrate", "node_user", (), 5, user="node/1"),

@@ -229,7 +229,7 @@ def test_restore_gives_the_module_back_to_its_schedules(world: RunWorld) -> None
 
 def test_grant_commands_take_effect_at_the_gateway_within_a_second(world: RunWorld) -> None:
     backed_up(world, "nethvoice8")
-    add_modules(world, "nethvoice9")
+    add_modules(world, "nethvoice9", "dokuwiki9")
     request = {"module_uuid": module_uuid("nethvoice9"), "source_uuid": module_uuid("nethvoice8")}
     code, out, err = world.nsbackup(
         "--json", "restore", "grant", "--data", json.dumps(request), user="cluster"
@@ -263,6 +263,8 @@ def test_grant_commands_take_effect_at_the_gateway_within_a_second(world: RunWor
         ({**request, "module_uuid": 7}, [("module_uuid", "type")]),
         ({**request, "source_uuid": "x"}, [("source_uuid", "pattern")]),
         ({**request, "extra": 1}, [("extra", "additionalProperties")]),
+        # a grant works within the grantee's app only: across apps it would do nothing
+        ({**request, "source_uuid": module_uuid("dokuwiki9")}, [("source_uuid", "app_mismatch")]),
     ]:
         code, out, err = world.nsbackup(
             "--json", "restore", "grant", "--data", json.dumps(bad), user="cluster"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nsbackup.cli.base import Context, add_data, check_directory, table
+from nsbackup.cli.base import Context, add_data, add_gateway, check_directory, table
 
 if TYPE_CHECKING:
     from nsbackup.results import BackupList
@@ -162,7 +162,7 @@ def snapshots(ctx: Context) -> int:
 
 
 def _run_options(p: Any) -> None:
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)
     p.add_argument(
         "--metrics-dir",
         metavar="DIR",
@@ -204,7 +204,7 @@ def register(group: Any, command: Any) -> None:
         'snapshots of one repository: --data \'{"repository": DESTINATION, "path": APP/UUID}\'',
     )
     add_data(p)
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)
     p = command(group, "check", check, "restic check of every repository of schedule ID")
     p.add_argument("id", metavar="ID", type=int, help="the backup (schedule) id")
     p.add_argument(

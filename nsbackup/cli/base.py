@@ -168,6 +168,37 @@ def _not_json(constant: str) -> NoReturn:
     raise _NotJson(constant)
 
 
+def add_gateway(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gateway",
+        metavar="URL",
+        type=_gateway_url,
+        help="the gateway, http://HOST:PORT (default $NSBACKUP_GATEWAY_URL)",
+    )
+
+
+def _gateway_url(text: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        port, parts = None, None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.query
+        or parts.fragment
+        or parts.path not in ("", "/")
+        or (port is not None and not 0 < port < 65536)
+    ):
+        raise argparse.ArgumentTypeError(f"{text[:100]!r} is not http://HOST:PORT")
+    return text
+
+
 def _depth(value: Any) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data, table
+from nsbackup.cli.base import Context, add_data, add_gateway, table
 
 
 def render(ctx: Context) -> int:
@@ -135,4 +135,4 @@ def register(group: Any, command: Any) -> None:
         metavar="SECONDS",
         help="give up on the destinations that have not answered after this long (default 10)",
     )
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data, check_directory
+from nsbackup.cli.base import Context, add_data, add_gateway, check_directory
 
 
 def _check_paths(ctx: Context) -> None:
@@ -74,7 +74,7 @@ def register(group: Any, command: Any) -> None:
         metavar="SECONDS",
         help="wait at most this long for another backup of this module (default 3600)",
     )
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)
     p.add_argument(
         "--progress",
         action="store_true",
@@ -101,7 +101,7 @@ def register(group: Any, command: Any) -> None:
         metavar="SECONDS",
         help="wait at most this long for a backup of this module (default 3600)",
     )
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)
     p.add_argument(
         "--progress",
         action="store_true",

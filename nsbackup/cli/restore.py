@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nsbackup.cli.base import Context, add_data, check_directory, table
+from nsbackup.cli.base import Context, add_data, add_gateway, check_directory, table
 
 
 def grants(ctx: Context) -> int:
@@ -68,4 +68,4 @@ def register(group: Any, command: Any) -> None:
     )
     p.add_argument("--runner", metavar="NAME", help="module runner: local or ns8")
     p.add_argument("--modules-dir", metavar="DIR", help="where the local runner finds modules")
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)

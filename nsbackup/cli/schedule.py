@@ -7,7 +7,7 @@ import argparse
 import logging
 from typing import Any
 
-from nsbackup.cli.base import Context, check_directory, table
+from nsbackup.cli.base import Context, add_gateway, check_directory, table
 
 _JOBS = 1
 _WAIT = 3600.0
@@ -59,6 +59,10 @@ def scheduler(ctx: Context) -> int:
     runner = ctx.cluster.scheduler().configure(
         jobs=ctx.args.jobs, wait=ctx.args.wait, grace=ctx.args.grace
     )
+    if ctx.cluster.settings.runner:
+        # Every run would fail on it at every elapse: an unknown runner is refused before
+        # starting (exit 2), as `backup run` refuses it.
+        ctx.cluster.runs.runner()
 
     def stop(signum: int, frame: object) -> None:
         runner.request_stop()
@@ -122,7 +126,7 @@ def register_scheduler(top: Any, command: Any) -> None:
         metavar="DIR",
         help="where the local runner finds modules (default $NSBACKUP_MODULES_DIR)",
     )
-    p.add_argument("--gateway", metavar="URL", help="the gateway (default $NSBACKUP_GATEWAY_URL)")
+    add_gateway(p)
     p.add_argument(
         "--metrics-dir",
         metavar="DIR",

@@ -191,7 +191,16 @@ def read_passphrase(path: str | os.PathLike[str]) -> Secret:
 
 def read_passphrase_fd(fd: int) -> Secret:
     """The passphrase on an open file descriptor (read to its end or first newline), which
-    is closed afterwards."""
+    is closed afterwards. Standard output and error are refused: reading them would close the
+    command's own output."""
+    if fd in (1, 2):
+        raise ValidationFailed.one(
+            "passphrase_fd",
+            fd,
+            "invalid_fd",
+            f"descriptor {fd} is the command's {'output' if fd == 1 else 'error output'}: "
+            "give the passphrase on a descriptor of its own (e.g. 3<file)",
+        )
     chunks: list[bytes] = []
     size = 0
     try:

@@ -162,6 +162,18 @@ class RestoreService:
             raise ValidationFailed.one(
                 "source_uuid", source_uuid, "same_module", "a module reads its own repository"
             )
+        by_uuid = {m.uuid: m for m in state.modules.values() if m.uuid}
+        source = by_uuid.get(source_uuid)
+        if source is not None and source.app != by_uuid[module_uuid].app:
+            # The gateway maps a grant within the grantee's app: across apps it would name a
+            # repository that does not exist and let nothing be restored.
+            raise ValidationFailed.one(
+                "source_uuid",
+                source_uuid,
+                "app_mismatch",
+                f"{source_uuid} is module {source.id}, a {source.app}; module "
+                f"{by_uuid[module_uuid].id} is a {by_uuid[module_uuid].app}",
+            )
         self.cluster.store.write_restore_grant(module_uuid, source_uuid)
         return {"module_uuid": module_uuid, "source_uuid": source_uuid}
 
