@@ -279,7 +279,10 @@ class RcloneProvider(BaseProvider):
                     )
                 )
                 continue
-            section[key] = Secret(value) if option.secret else value
+            # A URL may carry a password (https://user:pass@host/): the value is then as
+            # secret as the password, whatever the option's name.
+            secret = option.secret or _has_password(value)
+            section[key] = Secret(value) if secret else value
         if backend_type == "sftp" and "shell_type" not in section:
             # Otherwise rclone probes the server's shell and writes the answer back into its
             # configuration file (which nsbackup generates and must not see rewritten).
@@ -310,6 +313,15 @@ class RcloneProvider(BaseProvider):
         self, section: Mapping[str, str], hide_secrets: bool
     ) -> dict[str, str]:
         return {"rclone_conf_secret": "" if hide_secrets else _lines(section)}
+
+
+def _has_password(value: str) -> bool:
+    if "@" not in value or "://" not in value:
+        return False
+    try:
+        return urlsplit(value.strip()).password is not None
+    except ValueError:
+        return True  # unreadable: hide it rather than guess
 
 
 def _lines(section: Mapping[str, str]) -> str:

@@ -548,6 +548,23 @@ def test_raw_obscured_password_is_kept_and_hidden(host: PluginHost) -> None:
     assert secret in display_conf(prepared, show_secrets=True)
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"url = https://user:{CANARY}@dav.example.org/dav",
+        f"url = http://u:{CANARY}@[::1]:8080/",
+        f"endpoint = https://{CANARY}:{CANARY}@s3.example.org",
+    ],
+)
+def test_raw_url_with_a_password_is_hidden(host: PluginHost, line: str) -> None:
+    """Whatever the option's name: a URL carrying a password is as secret as the password."""
+    kind = "webdav" if line.startswith("url") else "s3"
+    prepared = make(host, raw(f"type = {kind}\n{line}\n"))
+    for text in (display_conf(prepared), str(prepared.public()), repr(prepared), prepared.url):
+        assert CANARY not in text
+    assert CANARY in display_conf(prepared, show_secrets=True)
+
+
 def test_raw_uuid_ignores_passwords(host: PluginHost) -> None:
     a = make(host, raw(f"type = sftp\nhost = h\nuser = u\npass = {obscure('one')}\n"))
     b = make(host, raw(f"type = sftp\nhost = h\nuser = u\npass = {obscure('two')}\n"))
