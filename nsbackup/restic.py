@@ -234,6 +234,16 @@ def explain(returncode: int) -> str:
     return EXIT_CODES.get(returncode, f"restic exited with status {returncode}")
 
 
+_REFUSED = re.compile(r"HTTP response \((401|403)\)|\b(401) Unauthorized|\b(403) Forbidden")
+
+
+def gateway_refusal(stderr: str) -> str | None:
+    """``"401"`` or ``"403"`` when restic says the gateway refused its credentials or the
+    repository (every version words it differently), else None."""
+    found = _REFUSED.search(stderr)
+    return next(g for g in found.groups() if g) if found else None
+
+
 def classify_failure(returncode: int, stderr: str, version: tuple[int, int, int]) -> Failure:
     """What a failed restic command (``returncode`` != 0) of ``version`` ran into.
 

@@ -185,6 +185,24 @@ def test_snapshots_of_a_path_without_repository_is_not_found(
     ]
 
 
+def test_credentials_the_gateway_refuses_are_exit_5_saying_so(
+    world: World, restic_bin: Restic
+) -> None:
+    """The cluster user is no gateway user (NS8's rule): the listing and the check say the
+    gateway refused it, exit 5, instead of a cut restic message and exit 1."""
+    mid = next(iter(MODULES))
+    extra = {"NSBACKUP_RESTIC": restic_bin.binary}
+    for args in (
+        ("backup", "snapshots", "--data", snapshot_request(world, mid)),
+        ("backup", "check", str(world.backup_id)),
+    ):
+        code, out, err = world.world.nsbackup("--json", *args, user="cluster", extra=extra)
+        assert code == 5, (args, err)
+        assert out["error"] == "permission_denied"
+        assert "the gateway refused cluster (HTTP 401)" in out["message"], out
+        assert world.world.server.admin_password not in out["message"] + err
+
+
 def test_bad_snapshot_requests_exit_2_naming_the_field(world: World) -> None:
     uid = module_uuid("mail1")
     dest = world.destination

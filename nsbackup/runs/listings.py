@@ -40,7 +40,7 @@ from nsbackup.errors import (
     ValidationFailed,
 )
 from nsbackup.model import CONTROL_CHARS, Destination, FieldError, Module
-from nsbackup.restic import classify_failure, run_restic
+from nsbackup.restic import classify_failure, gateway_refusal, run_restic
 from nsbackup.runs.command import check_seconds
 from nsbackup.runs.module import explain_failure
 from nsbackup.webdav import Entry, GatewayClient
@@ -126,7 +126,13 @@ def snapshots(service: RunService, payload: Any) -> list[dict[str, Any]]:
             f"restic snapshots of {repository}/{path} did not finish within {SNAPSHOTS_TIMEOUT:g} s"
         )
     if completed.returncode != 0:
-        secret = service._credentials()[1]
+        user, secret = service._credentials()
+        refused = gateway_refusal(completed.stderr)
+        if refused:
+            raise PermissionDenied(
+                f"the gateway refused {user} (HTTP {refused}) reading {repository}/{path}: "
+                "nodes list snapshots with their own credentials (REDIS_USER=node/<id>)"
+            )
         detail = _last_line(completed.stderr, secret)
         kind = classify_failure(completed.returncode, completed.stderr, version)
         if kind == "no_repository":

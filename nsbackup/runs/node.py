@@ -40,6 +40,7 @@ from nsbackup.model import ClusterState, FieldError, Module, Schedule
 from nsbackup.plugins import ModuleRunner, PluginHost, RunnerResult, RunnerSettings
 from nsbackup.restic import (
     classify_failure,
+    gateway_refusal,
     restic_binary,
     restic_env,
     restic_version,
@@ -429,6 +430,14 @@ class RunService:
             if read_data_subset:
                 args.append(f"--read-data-subset={read_data_subset}")
             completed = run_restic(args, env, binary=binary, timeout=RESTIC_TIMEOUT)
+            refused = gateway_refusal(completed.stderr) if completed.returncode else None
+            if refused:
+                # Not a verdict on the repository: these credentials may check none.
+                raise PermissionDenied(
+                    f"the gateway refused {self._credentials()[0]} (HTTP {refused}) checking "
+                    f"{path}: backup check runs with the node's credentials "
+                    "(REDIS_USER=node/<id>)"
+                )
             ok = completed.returncode == 0
             message = ""
             if not ok:
