@@ -313,11 +313,7 @@ def quickstart(
         if keep is None:
             shutil.rmtree(base, ignore_errors=True)
         else:
-            _write_private(
-                base / "cluster.env",
-                f"REDIS_USER=cluster\nREDIS_PASSWORD={world.passwords['cluster']}\n"
-                f"NSBACKUP_REDIS_URL={world.redis_url}\nNODE_ID=1\n",
-            )
+            _keep_environment(world)
     return {
         "ok": all(s.ok for s in steps),
         "seconds": round(time.monotonic() - started, 2),
@@ -476,13 +472,34 @@ def _demonstrate(world: _World, step: Callable[[str], Any]) -> None:
         said.append(f"{prom.name}: {gauge[0]}")
 
 
+def _keep_environment(world: _World) -> None:
+    """``node.env`` and ``cluster.env`` in a kept directory: each identity's credentials with
+    every setting the quickstart used, so that commands run there as they ran in it."""
+    base = world.base
+    settings = (
+        f"NSBACKUP_REDIS_URL={world.redis_url}\nNODE_ID=1\n"
+        f"NSBACKUP_GATEWAY_URL={world.gateway_url}\n"
+        f"NSBACKUP_STATE_DIR={base / 'nsbackup'}\nNSBACKUP_METRICS_DIR={base / 'metrics'}\n"
+        f"NSBACKUP_RUNNER=local\nNSBACKUP_MODULES_DIR={base / 'modules'}\n"
+        f"NSBACKUP_DUMP_PASSPHRASE_FILE={base / 'dump-passphrase'}\n"
+    )
+    for name, user in (("node.env", "node/1"), ("cluster.env", "cluster")):
+        _write_private(
+            base / name,
+            f"REDIS_USER={user}\nREDIS_PASSWORD={world.passwords[user]}\n{settings}",
+        )
+
+
 def explore_commands(directory: str) -> list[str]:
     """How to look at a kept quickstart directory again."""
     base = Path(directory)
     return [
         f"redis-server {base / 'redis' / 'redis.conf'} --daemonize yes  # the cluster again",
-        f"set -a; . {base / 'cluster.env'}; set +a  # its cluster user",
-        "nsbackup backup list; nsbackup destination list",
+        f"set -a; . {base / 'node.env'}; set +a  # the node's user and settings",
+        f"nsbackup gateway serve --state-dir {base / 'gateway'} --repo-dir {base / 'repo'} "
+        '--listen "${NSBACKUP_GATEWAY_URL#http://}" &  # the gateway again',
+        "nsbackup backup list; nsbackup destination repositories; nsbackup backup run 1",
+        f"(set -a; . {base / 'cluster.env'}; nsbackup destination list)  # as the cluster user",
         f"ls {base / 'repo'}  # the destination: one restic repository per module",
         f"cat {base / 'metrics'}/backup*.prom",
         f"less {base / 'gateway' / 'haproxy.cfg'} {base / 'gateway' / 'auth.map'}",
