@@ -40,8 +40,13 @@ def run(ctx: Context) -> int:
     relinked = result["relinked_backups"]
     ctx.emit(
         result,
-        f"{result['module_id']}: restored {result['restored_files']} file(s) from "
-        f"{result['path']} ({result['snapshot']})"
+        f"{result['module_id']}: restored "
+        + (
+            f"{result['restored_files']} file(s)"
+            if result.get("restored_files") is not None
+            else "(this restic counts no files)"
+        )
+        + f" from {result['path']} ({result['snapshot']})"
         + (f"; back in backup(s) {', '.join(map(str, relinked))}" if relinked else ""),
     )
     return 0

@@ -304,8 +304,9 @@ class ModuleService:
             "snapshot": request.snapshot,
             "target": str(destination),
             "exit_code": 0,
-            "restored_files": _int(summary.get("files_restored")),
-            "restored_bytes": _int(summary.get("bytes_restored")),
+            # restic < 0.16 prints no restore summary: unknown, not 0
+            "restored_files": _int(summary.get("files_restored")) if summary else None,
+            "restored_bytes": _int(summary.get("bytes_restored")) if summary else None,
             "start": int(started),
             "end": int(time.time()),
         }
