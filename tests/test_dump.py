@@ -1120,12 +1120,13 @@ def test_restore_of_a_v3_dump_makes_schedules_portable(
 
 
 def test_dump_commands_refuse_bad_passphrases(ns8_redis: RedisServer, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.write_text("\n")
-    code, result, err = run_cli(
-        ns8_redis, "export", "--out", str(tmp_path / "x"), "--passphrase-file", str(empty)
-    )
-    assert code == 2 and result[0]["error"] == "required", err
+    for text in ("\n", "   \t \n"):
+        empty = tmp_path / "empty"
+        empty.write_text(text)
+        code, result, err = run_cli(
+            ns8_redis, "export", "--out", str(tmp_path / "x"), "--passphrase-file", str(empty)
+        )
+        assert code == 2 and result[0]["error"] == "required", err
     code, result, err = run_cli(
         ns8_redis, "export", "--out", str(tmp_path / "x"), "--passphrase-file", str(tmp_path / "no")
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from nsbackup.cli.base import Context, add_data, add_gateway, check_directory, table
@@ -109,6 +110,10 @@ def run(ctx: Context) -> int:
 
     if ctx.args.modules_dir:
         check_directory("modules-dir", ctx.args.modules_dir)
+    if ctx.args.metrics_dir and os.path.lexists(ctx.args.metrics_dir):
+        # One the sink would create (with its parents) is fine; a file there, or a directory
+        # it may not write in, would only fail after the whole backup.
+        check_directory("metrics-dir", ctx.args.metrics_dir)
     with stop_children_on_signals(), progress_display(ctx) as progress:
         report = ctx.cluster.runs.run(
             ctx.args.id, jobs=ctx.args.jobs, wait=ctx.args.wait, progress=progress

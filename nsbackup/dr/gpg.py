@@ -48,8 +48,10 @@ def gpg_binary() -> str:
 
 def check_passphrase(passphrase: str) -> None:
     """Refuse a passphrase gpg would read differently from a descriptor (it reads one line)."""
-    if not isinstance(passphrase, str) or not passphrase:
-        raise ValidationFailed.one("passphrase", "", "required", "the passphrase is empty")
+    if not isinstance(passphrase, str) or not passphrase.strip():
+        raise ValidationFailed.one(
+            "passphrase", "", "required", "the passphrase is empty (or only blanks)"
+        )
     if "\n" in passphrase or "\r" in passphrase or "\x00" in passphrase:
         raise ValidationFailed.one(
             "passphrase", "***", "pattern", "the passphrase must be one line (no CR, LF, NUL)"
