@@ -607,3 +607,19 @@ def test_a_file_system_error_no_command_caught_names_its_option() -> None:
     full = OSError(errno.ENOSPC, "No space left on device", "/srv/gw/haproxy.cfg")
     assert _unexpected(args, full).exit_code == 1
     assert str(_unexpected(args, KeyError("x"))) == "internal error: KeyError (-v shows where)"
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:1", "127.0.0.1:4694", "http://u:p@h:1", "x"])
+def test_a_gateway_url_from_the_environment_is_checked_like_the_option(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commands that talk to the gateway refuse a bad NSBACKUP_GATEWAY_URL (exit 2, naming it)
+    before anything runs; the others do not read it."""
+    monkeypatch.setenv("NSBACKUP_GATEWAY_URL", url)
+    monkeypatch.setenv("NSBACKUP_REDIS_URL", "redis://127.0.0.1:1/0")
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["--json", "backup", "run", "1"], out, err) == 2, err.getvalue()
+    [error] = json.loads(out.getvalue())
+    assert (error["field"], error["error"]) == ("gateway", "invalid_url")
+    assert "NSBACKUP_GATEWAY_URL" in error["message"] and "p@" not in out.getvalue()
+    assert main(["--json", "providers"], io.StringIO(), io.StringIO()) == 0

@@ -98,6 +98,17 @@ class Context:
             for option, field in SETTING_OPTIONS.items()
             if getattr(self.args, option, None) is not None
         }
+        if hasattr(self.args, "gateway") and self.args.gateway is None:
+            # A command that talks to the gateway checks $NSBACKUP_GATEWAY_URL like --gateway.
+            try:
+                _gateway_url(settings.gateway_url)
+            except argparse.ArgumentTypeError as exc:
+                raise ValidationFailed.one(
+                    "gateway",
+                    _shown_url(settings.gateway_url),
+                    "invalid_url",
+                    f"NSBACKUP_GATEWAY_URL: {exc}",
+                ) from None
         return dataclasses.replace(settings, **changes) if changes else settings
 
     def emit(self, data: Any, text: str | None = None) -> None:
@@ -195,8 +206,13 @@ def _gateway_url(text: str) -> str:
         or parts.path not in ("", "/")
         or (port is not None and not 0 < port < 65536)
     ):
-        raise argparse.ArgumentTypeError(f"{text[:100]!r} is not http://HOST:PORT")
+        raise argparse.ArgumentTypeError(f"{_shown_url(text)!r} is not http://HOST:PORT")
     return text
+
+
+def _shown_url(text: str) -> str:
+    # A URL with credentials in it is not repeated: the password would be in the error.
+    return "***" if "@" in text else text[:100]
 
 
 def _depth(value: Any) -> int:
