@@ -142,7 +142,7 @@ def test_a_schedule_runs_twice_in_25_s_and_sigterm_ends_the_daemon_and_its_run(
     world: RunWorld,
 ) -> None:
     bid = world.add_schedule(["mail1"], schedule="*-*-* *:*:00/10", name="Every ten seconds")
-    proc = world.popen("scheduler", "--jobs", "1", "--wait", "30", "--grace", "10")
+    proc = world.popen("--json", "scheduler", "--jobs", "1", "--wait", "30", "--grace", "10")
     log = Log(proc)
     try:
         started = time.time()
@@ -187,6 +187,9 @@ def test_a_schedule_runs_twice_in_25_s_and_sigterm_ends_the_daemon_and_its_run(
         log.thread.join(timeout=10)
         assert "terminating 1 running backup(s)" in log.text()
         assert "scheduler stopped" in log.text()
+        assert proc.stdout is not None
+        last = json.loads(proc.stdout.read())  # --json: one document, its state at the stop
+        assert last["runs"]["started"] >= 3 and last["schedules"][0]["id"] == bid
         wait_until(
             lambda: not any(alive(pid, start) for pid, start in tree.items()),
             5,

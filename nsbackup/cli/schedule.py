@@ -69,7 +69,10 @@ def scheduler(ctx: Context) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    return runner.run()
+    code = runner.run()
+    if ctx.json:  # one document, at the end: the scheduler's state when it stopped
+        ctx.emit(runner.status())
+    return code
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
