@@ -17,9 +17,11 @@ def stop_children_on_signals() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        children.stopping.set()  # worker threads waiting for a module's lock give up
         children.terminate_all()
         raise KeyboardInterrupt
 
+    children.stopping.clear()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield

@@ -14,7 +14,8 @@ import time
 _live: set[subprocess.Popen[str]] = set()
 _lock = threading.Lock()
 stopping = threading.Event()
-"""Set once the run is being stopped: waits (a module's lock) end at once."""
+"""Set while a run is being stopped (the CLI's signal handler): the run's waits for a
+module's lock end at once instead of lasting up to ``--wait``."""
 
 
 def track(proc: subprocess.Popen[str]) -> None:
@@ -35,7 +36,6 @@ def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
 def terminate_all(grace: float = 10.0) -> int:
     """SIGTERM every tracked child's process group, SIGKILL what is left after ``grace``
     seconds; return how many children there were."""
-    stopping.set()
     with _lock:
         procs = [p for p in _live if p.poll() is None]
     for proc in procs:
