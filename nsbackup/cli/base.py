@@ -203,7 +203,6 @@ def _gateway_url(text: str) -> str:
         or parts.username is not None
         or parts.query
         or parts.fragment
-        or parts.path not in ("", "/")
         or (port is not None and not 0 < port < 65536)
     ):
         raise argparse.ArgumentTypeError(f"{_shown_url(text)!r} is not http://HOST:PORT")
