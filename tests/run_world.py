@@ -123,6 +123,15 @@ class RunWorld:
 
         return plugin_host()
 
+    def add_modules(self, *mids: str) -> None:
+        """:meth:`add_module` for each of ``mids`` on node 1, over one connection."""
+        client = self.server.client()
+        try:
+            for mid in mids:
+                self.add_module(client, mid)
+        finally:
+            client.close()
+
     def add_module(self, client: redis.Redis, mid: str, node: str = "1") -> None:
         password = module_password(mid)
         digest = hashlib.sha256(password.encode()).hexdigest()

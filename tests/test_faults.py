@@ -57,15 +57,6 @@ def world(
         redis_server.flush()
 
 
-def add_modules(world: RunWorld, *mids: str) -> None:
-    client = world.server.client()
-    try:
-        for mid in mids:
-            world.add_module(client, mid)
-    finally:
-        client.close()
-
-
 def status_of(world: RunWorld, bid: int) -> dict[str, Any]:
     client = world.server.client()
     try:
@@ -197,7 +188,7 @@ def kill_during_a_run(world: RunWorld, tag: str, pick: Callable[[GatewayProcesse
     serves again, the run ends within its bound with a clear outcome (the backup under way
     completes), the next run succeeds and every repository checks clean."""
     mids = [f"{tag}mail1", f"{tag}web1"]
-    add_modules(world, *mids)
+    world.add_modules(*mids)
     bid = world.add_schedule(mids, name=f"fault {tag}")
     before = world.gateway_processes()
     victim = pick(before)
@@ -333,7 +324,7 @@ def test_a_hanging_destination_fails_its_run_within_the_bound_and_the_other_run_
                     "parameters": {"webdav_user": dav.user, "webdav_pass": dav.password},
                 }
             )
-            add_modules(world, "stuckmail1", "freemail1")
+            world.add_modules("stuckmail1", "freemail1")
             hanging = world.add_schedule(["stuckmail1"], repository=uid, name="hanging")
             healthy = world.add_schedule(["freemail1"], name="healthy")
             proxy.hang()
@@ -424,7 +415,7 @@ def stop_redis_during_a_run(
 ) -> tuple[RedisOutage, Run, int]:
     """Start a run of ``mids`` (one at a time) and stop Redis while the first one's backup
     is under way: the second one starts without Redis."""
-    add_modules(world, *mids)
+    world.add_modules(*mids)
     bid = world.add_schedule(mids, name=f"redis {mids[0]}")
     outage = RedisOutage(world.server)
     run = Run(world, bid, "--jobs", "1", extra=extra)
@@ -509,7 +500,7 @@ def test_a_destination_that_hangs_mid_backup_ends_the_module_within_the_stall_bo
                     "parameters": {"webdav_user": dav.user, "webdav_pass": dav.password},
                 }
             )
-            add_modules(world, "frozenmail1")
+            world.add_modules("frozenmail1")
             bid = world.add_schedule(["frozenmail1"], repository=uid, name="frozen")
             run = Run(world, bid, extra={"NSBACKUP_RESTIC_STALL": "5"})
             locks = dav.root / "frozen" / "frozenmail" / module_uuid("frozenmail1") / "locks"

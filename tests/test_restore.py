@@ -42,17 +42,8 @@ def world(
         redis_server.flush()
 
 
-def add_modules(world: RunWorld, *mids: str) -> None:
-    client = world.server.client()
-    try:
-        for mid in mids:
-            world.add_module(client, mid)
-    finally:
-        client.close()
-
-
 def backed_up(world: RunWorld, *mids: str) -> int:
-    add_modules(world, *mids)
+    world.add_modules(*mids)
     bid = world.add_schedule(list(mids))
     code, _report, err = world.run(bid)
     assert code == 0, err
@@ -104,7 +95,7 @@ def test_a_module_comes_back_from_its_own_repository(
 ) -> None:
     mid = "mail1" + restic_bin.name.rsplit(".", 1)[1]  # mail114, mail118
     env = {"NSBACKUP_RESTIC": restic_bin.binary}
-    add_modules(world, mid)
+    world.add_modules(mid)
     bid = world.add_schedule([mid])
     code, _report, err = world.run(bid, extra=env)
     assert code == 0, err
@@ -138,7 +129,7 @@ def test_a_module_comes_back_from_its_own_repository(
 
 def test_a_new_module_restores_another_under_a_grant_that_ends_with_it(world: RunWorld) -> None:
     backed_up(world, "mail2")
-    add_modules(world, "mail3")  # a new mail module, with its own uuid and credentials
+    world.add_modules("mail3")  # a new mail module, with its own uuid and credentials
     assert can_read(world, "mail3", "mail2") == 403
     seen_during: list[int] = []
     stop = threading.Event()
@@ -184,7 +175,7 @@ def test_a_new_module_restores_another_under_a_grant_that_ends_with_it(world: Ru
 
 def test_the_grant_goes_even_when_the_restore_fails(world: RunWorld) -> None:
     backed_up(world, "mail4")
-    add_modules(world, "mail5")
+    world.add_modules("mail5")
     code, out, err = restore(
         world,
         {
@@ -202,7 +193,7 @@ def test_the_grant_goes_even_when_the_restore_fails(world: RunWorld) -> None:
 
 def test_restore_gives_the_module_back_to_its_schedules(world: RunWorld) -> None:
     backed_up(world, "webtop6")
-    add_modules(world, "webtop7")
+    world.add_modules("webtop7")
     bid = world.add_schedule(["webtop6"], name="portable")
     client = world.server.client()
     try:  # as after a cluster restore: the schedule names the module by UUID
@@ -231,7 +222,7 @@ def test_restore_gives_the_module_back_to_its_schedules(world: RunWorld) -> None
 
 def test_grant_commands_take_effect_at_the_gateway_within_a_second(world: RunWorld) -> None:
     backed_up(world, "nethvoice8")
-    add_modules(world, "nethvoice9", "dokuwiki9")
+    world.add_modules("nethvoice9", "dokuwiki9")
     request = {"module_uuid": module_uuid("nethvoice9"), "source_uuid": module_uuid("nethvoice8")}
     code, out, err = world.nsbackup(
         "--json", "restore", "grant", "--data", json.dumps(request), user="cluster"
@@ -346,7 +337,7 @@ def test_two_restores_into_one_module_leave_no_grant(world: RunWorld, tmp_path: 
     """The second restore waits for the first (the module's lock) and reads the grant to put
     back only then: it read it before the lock and put the first restore's grant back."""
     backed_up(world, "mail31", "mail32")
-    add_modules(world, "mail30")
+    world.add_modules("mail30")
     slow = slow_restic(tmp_path, 3)
     first = world.popen(
         "--json", "restore", "run", "--data", restore_request(world, "mail31", "mail30"),
@@ -374,7 +365,7 @@ def test_the_grant_of_a_killed_restore_goes_with_the_next_restore(
     """kill -9 (or a crash) leaves the grant in Redis; the restore journaled it beside the
     module's lock, and the next ``restore run`` on the node revokes it."""
     backed_up(world, "mail34")
-    add_modules(world, "mail33")
+    world.add_modules("mail33")
     proc = world.popen(
         "--json", "restore", "run", "--data", restore_request(world, "mail34", "mail33"),
         user="cluster", extra=slow_restic(tmp_path, 30),
@@ -406,7 +397,7 @@ def test_a_symlink_in_a_snapshot_cannot_redirect_the_module_sides_writes(
     """The module side replaces the files it writes in ``state/`` (restore summary, DUMP
     payloads) instead of writing through them: a snapshot holding ``restic_restore.json ->
     agent.env`` overwrote the restored module's credentials."""
-    add_modules(world, "mail35")
+    world.add_modules("mail35")
     state = world.modules_dir / "mail35" / "state"
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -417,7 +408,7 @@ def test_a_symlink_in_a_snapshot_cannot_redirect_the_module_sides_writes(
     assert code == 0, err
     assert victim.read_text() == "precious\n"
     assert not (state / "ui_name.dump").is_symlink()
-    add_modules(world, "mail36")
+    world.add_modules("mail36")
     target = world.modules_dir / "mail36" / "state"
     credentials = (target / "agent.env").read_text()
     code, _out, err = world.nsbackup(

@@ -41,15 +41,6 @@ def world(
         redis_server.flush()
 
 
-def add_modules(world: RunWorld, *mids: str) -> None:
-    client = world.server.client()
-    try:
-        for mid in mids:
-            world.add_module(client, mid)
-    finally:
-        client.close()
-
-
 def snapshots(world: RunWorld, mid: str, **kwargs: Any) -> list[dict[str, Any]]:
     listed = world.restic_as_node(mid, "snapshots", "--json", **kwargs)
     assert listed.returncode == 0, listed.stderr
@@ -93,7 +84,7 @@ def test_run_backs_up_every_local_module(
 ) -> None:
     tag = restic_bin.name.rsplit(".", 1)[1]  # "14" or "18"
     mids = [f"mail{tag}", f"webtop{tag}", f"nextcloud{tag}"]
-    add_modules(world, *mids)
+    world.add_modules(*mids)
     (world.modules_dir / mids[0] / "etc").mkdir()
     (world.modules_dir / mids[0] / "extra").mkdir()
     (world.modules_dir / mids[0] / "extra" / "kept.txt").write_text("included\n")
@@ -177,7 +168,7 @@ def test_run_on_an_s3_destination(world: RunWorld, tmp_path: Path) -> None:
                 },
             }
         )
-        add_modules(world, "roundcube1")
+        world.add_modules("roundcube1")
         bid = world.add_schedule(["roundcube1"], repository=uid)
         code, report, err = world.run(bid)
         assert code == 0, err
@@ -201,7 +192,7 @@ def test_run_on_an_s3_destination(world: RunWorld, tmp_path: Path) -> None:
 
 
 def test_the_module_side_uses_the_modules_own_credentials(world: RunWorld) -> None:
-    add_modules(world, "sogo1", "ejabberd1")
+    world.add_modules("sogo1", "ejabberd1")
     bid = world.add_schedule(["sogo1"])
     agent = world.modules_dir / "sogo1" / "state" / "agent.env"
     original = agent.read_text()
@@ -235,7 +226,7 @@ def test_the_module_side_uses_the_modules_own_credentials(world: RunWorld) -> No
 
 
 def test_failing_modules_are_reported_and_the_others_succeed(world: RunWorld) -> None:
-    add_modules(world, "fine1", "partial1", "badpw1", "locked1")
+    world.add_modules("fine1", "partial1", "badpw1", "locked1")
     # partial1: a source that cannot be read -> restic exit 3
     etc = world.modules_dir / "partial1" / "etc"
     etc.mkdir()
@@ -310,7 +301,7 @@ class Recorder:
 
 
 def test_a_broken_sink_never_fails_the_run_and_hooks_see_it(world: RunWorld) -> None:
-    add_modules(world, "sinky1")
+    world.add_modules("sinky1")
     bid = world.add_schedule(["sinky1"])
     recorder = Recorder()
     settings = nsbackup.Settings.from_env(world.env())
@@ -343,7 +334,7 @@ def wait_for_lock(world: RunWorld, name: str, pid: int, timeout: float = 60) -> 
 
 
 def test_the_same_backup_never_runs_twice_at_once(world: RunWorld) -> None:
-    add_modules(world, "twice1")
+    world.add_modules("twice1")
     bid = world.add_schedule(["twice1"])
     first = world.popen("--json", "backup", "run", str(bid))
     try:
@@ -357,7 +348,7 @@ def test_the_same_backup_never_runs_twice_at_once(world: RunWorld) -> None:
 
 
 def test_a_module_held_by_another_schedule_is_waited_for_and_taken_at_once(world: RunWorld) -> None:
-    add_modules(world, "shared1")
+    world.add_modules("shared1")
     one = world.add_schedule(["shared1"], name="one")
     two = world.add_schedule(["shared1"], name="two")
     first = world.popen("--json", "backup", "run", str(one))
@@ -377,7 +368,7 @@ def test_a_module_held_by_another_schedule_is_waited_for_and_taken_at_once(world
 def test_a_module_still_locked_at_the_deadline_fails_like_any_failure(world: RunWorld) -> None:
     from nsbackup.runs.locks import file_lock
 
-    add_modules(world, "stuck1", "free1")
+    world.add_modules("stuck1", "free1")
     bid = world.add_schedule(["stuck1", "free1"])
     with file_lock(world.state_dir / "locks" / "module-stuck1.lock"):
         code, report, err = world.run(bid, "--wait", "2")
@@ -397,7 +388,7 @@ def test_a_run_waiting_for_a_module_stops_at_once_on_sigterm(world: RunWorld) ->
 
     from nsbackup.runs.locks import file_lock
 
-    add_modules(world, "held1")
+    world.add_modules("held1")
     bid = world.add_schedule(["held1"])
     with file_lock(world.state_dir / "locks" / "module-held1.lock"):
         run = world.popen("--json", "backup", "run", str(bid))
@@ -417,7 +408,7 @@ def test_a_run_waiting_for_a_module_stops_at_once_on_sigterm(world: RunWorld) ->
 
 def test_jobs_back_up_modules_at_the_same_time(world: RunWorld) -> None:
     mids = ["par1", "par2", "par3"]
-    add_modules(world, *mids)
+    world.add_modules(*mids)
     bid = world.add_schedule(mids)
     code, report, err = world.run(bid, "--jobs", "3")
     assert code == 0, err
@@ -449,7 +440,7 @@ def test_disabled_and_foreign_schedules_do_nothing(world: RunWorld) -> None:
 
 
 def test_a_module_cannot_run_the_node_side(world: RunWorld) -> None:
-    add_modules(world, "nosy1")
+    world.add_modules("nosy1")
     bid = world.add_schedule(["nosy1"])
     started = time.monotonic()
     code, out, err = world.run(
@@ -465,7 +456,7 @@ def test_a_stopped_run_stops_its_module_sides(world: RunWorld) -> None:
     and the module's status says it failed."""
     import signal
 
-    add_modules(world, "slow1")
+    world.add_modules("slow1")
     bid = world.add_schedule(["slow1"])
     # a module side that cannot finish on its own: its dump hook hangs
     hook = world.modules_dir / "slow1" / "bin" / "module-dump-state"
