@@ -636,13 +636,7 @@ class Gateway:
                 except Exception as exc:
                     if lost_since is None:
                         lost_since = time.monotonic()
-                        log.warning(
-                            "Redis lost (%s): serving the current configuration, reconnecting "
-                            "every %g s",
-                            _describe(exc),
-                            RECONNECT,
-                        )
-                    self._set_redis(False, None, "events")
+                        self._redis_lost(exc)
                     self._stop.wait(RECONNECT)
                     continue
                 note = "" if subscription.user == node_user else f" ({node_user} may not subscribe)"
@@ -667,13 +661,7 @@ class Gateway:
                 except Exception as exc:
                     if not self._stop.is_set():
                         lost_since = time.monotonic()
-                        log.warning(
-                            "Redis lost (%s): serving the current configuration, reconnecting "
-                            "every %g s",
-                            _describe(exc),
-                            RECONNECT,
-                        )
-                        self._set_redis(False, None, "events")
+                        self._redis_lost(exc)
                 finally:
                     with contextlib.suppress(Exception):
                         pubsub.close()
@@ -681,6 +669,14 @@ class Gateway:
                     self._stop.wait(RECONNECT)
         finally:
             subscription.close()
+
+    def _redis_lost(self, exc: BaseException) -> None:
+        log.warning(
+            "Redis lost (%s): serving the current configuration, reconnecting every %g s",
+            _describe(exc),
+            RECONNECT,
+        )
+        self._set_redis(False, None, "events")
 
     def _set_redis(self, connected: bool, user: str | None, mode: str) -> None:
         if (self.redis.connected, self.redis.user, self.redis.mode) != (connected, user, mode):

@@ -551,14 +551,8 @@ class Scheduler:
                     continue
                 except Exception as exc:
                     if not lost:
-                        log.warning(
-                            "Redis lost (%s): keeping the current schedules, reconnecting "
-                            "every %g s",
-                            _describe(exc),
-                            RECONNECT,
-                        )
+                        self._redis_lost(exc)
                     lost = True
-                    self._redis_up = False
                     self._stop.wait(RECONNECT)
                     continue
                 user = subscription.user
@@ -580,14 +574,8 @@ class Scheduler:
                         self._request_reload()
                 except Exception as exc:
                     if not self._stop.is_set():
-                        log.warning(
-                            "Redis lost (%s): keeping the current schedules, reconnecting "
-                            "every %g s",
-                            _describe(exc),
-                            RECONNECT,
-                        )
+                        self._redis_lost(exc)
                         lost = True
-                        self._redis_up = False
                 finally:
                     with contextlib.suppress(Exception):
                         pubsub.close()
@@ -595,6 +583,14 @@ class Scheduler:
                     self._stop.wait(RECONNECT)
         finally:
             subscription.close()
+
+    def _redis_lost(self, exc: BaseException) -> None:
+        log.warning(
+            "Redis lost (%s): keeping the current schedules, reconnecting every %g s",
+            _describe(exc),
+            RECONNECT,
+        )
+        self._redis_up = False
 
     def _node_user(self) -> str:
         return identity(self.cluster.store.reader)
